@@ -1,1 +1,25 @@
-pub fn x(){}
+//! What both nodes share. A node is a supervised tree of these actors plus its domain:
+//!
+//! | module | what it holds |
+//! |---|---|
+//! | [`supervision`] | the [`supervision::Supervisor`] actor (restart with backoff, escalation), typed child handles, worker pools, the live tree |
+//! | [`amqp`] | the [`amqp::AmqpLink`] actor (connection, reconnection, topology) and the [`amqp::Consumer`] bridge |
+//! | [`relay`] | the [`relay::OutboxRelay`] actor: outbox → broker with publisher confirms |
+//! | [`outbox`] | writing events to the outbox and consumed ids to the inbox, inside a transaction |
+//! | [`http`] | the [`http::HttpIntake`] actor, requests, problem+json, `/health`, `/metrics`, `/actors` |
+//! | [`config`] | environment variables with defaults; one-line errors naming the variable |
+//! | [`db`] | create-if-missing, connect, migrate |
+//! | [`metrics`] | the Prometheus registry of a node |
+//! | [`telemetry`] | the tracing subscriber |
+//! | [`node`] | running a built node until a signal, with a graceful shutdown |
+
+pub mod amqp;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod relay;
+pub mod supervision;
+pub mod telemetry;

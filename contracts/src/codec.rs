@@ -69,7 +69,10 @@ pub fn decode(event_type: &str, body: &[u8]) -> Result<Event, DecodeError> {
     })
 }
 
-fn decode_map<T: DeserializeOwned>(event_type: &'static str, body: &[u8]) -> Result<T, DecodeError> {
+fn decode_map<T: DeserializeOwned>(
+    event_type: &'static str,
+    body: &[u8],
+) -> Result<T, DecodeError> {
     let mut deserializer = rmp_serde::Deserializer::from_read_ref(body).with_human_readable();
     T::deserialize(&mut deserializer).map_err(|source| DecodeError::Invalid { event_type, source })
 }

@@ -24,7 +24,11 @@ fn samples() -> Vec<(Event, &'static str)> {
                 order_id: id(2),
                 customer_id: id(3),
                 currency: "BRL".into(),
-                items: vec![LineItem { sku: "BOOK-42".into(), quantity: 2, unit_price_cents: 1500 }],
+                items: vec![LineItem {
+                    sku: "BOOK-42".into(),
+                    quantity: 2,
+                    unit_price_cents: 1500,
+                }],
                 total_cents: 3000,
                 created_at: at(0),
             }),
@@ -48,16 +52,29 @@ fn samples() -> Vec<(Event, &'static str)> {
                 currency: "BRL".into(),
                 amount_cents: 3000,
                 issued_at: at(2),
-                due_at: Utc.with_ymd_and_hms(2026, 12, 29, 12, 0, 2).single().expect("valid"),
+                due_at: Utc
+                    .with_ymd_and_hms(2026, 12, 29, 12, 0, 2)
+                    .single()
+                    .expect("valid"),
             }),
             "88a86576656e745f6964d92430353035303530352d303530352d303530352d303530352d303530353035303530353035aa696e766f6963655f6964d92430363036303630362d303630362d303630362d303630362d303630363036303630363036a86f726465725f6964d92430323032303230322d303230322d303230322d303230322d303230323032303230323032a66e756d626572af494e562d323032362d303030303031a863757272656e6379a342524cac616d6f756e745f63656e7473cd0bb8a96973737565645f6174b4323032362d31312d32395431323a30303a30325aa66475655f6174b4323032362d31322d32395431323a30303a30325a",
         ),
         (
-            Event::InvoicePaid(InvoicePaid { event_id: id(7), invoice_id: id(6), order_id: id(2), paid_at: at(3) }),
+            Event::InvoicePaid(InvoicePaid {
+                event_id: id(7),
+                invoice_id: id(6),
+                order_id: id(2),
+                paid_at: at(3),
+            }),
             "84a86576656e745f6964d92430373037303730372d303730372d303730372d303730372d303730373037303730373037aa696e766f6963655f6964d92430363036303630362d303630362d303630362d303630362d303630363036303630363036a86f726465725f6964d92430323032303230322d303230322d303230322d303230322d303230323032303230323032a7706169645f6174b4323032362d31312d32395431323a30303a30335a",
         ),
         (
-            Event::InvoiceVoided(InvoiceVoided { event_id: id(8), invoice_id: id(6), order_id: id(2), voided_at: at(4) }),
+            Event::InvoiceVoided(InvoiceVoided {
+                event_id: id(8),
+                invoice_id: id(6),
+                order_id: id(2),
+                voided_at: at(4),
+            }),
             "84a86576656e745f6964d92430383038303830382d303830382d303830382d303830382d303830383038303830383038aa696e766f6963655f6964d92430363036303630362d303630362d303630362d303630362d303630363036303630363036a86f726465725f6964d92430323032303230322d303230322d303230322d303230322d303230323032303230323032a9766f696465645f6174b4323032362d31312d32395431323a30303a30345a",
         ),
     ]
@@ -70,7 +87,12 @@ fn hex(bytes: &[u8]) -> String {
 #[test]
 fn encoding_matches_the_golden_vectors() {
     for (event, golden) in samples() {
-        assert_eq!(hex(&encode(&event)), golden, "{} changed on the wire", event.routing_key());
+        assert_eq!(
+            hex(&encode(&event)),
+            golden,
+            "{} changed on the wire",
+            event.routing_key()
+        );
     }
 }
 
@@ -114,16 +136,27 @@ fn missing_required_fields_are_rejected() {
     struct Partial<'a> {
         event_id: &'a str,
     }
-    let body = rmp_serde::to_vec_named(&Partial { event_id: "01010101-0101-0101-0101-010101010101" })
-        .expect("encodes");
+    let body = rmp_serde::to_vec_named(&Partial {
+        event_id: "01010101-0101-0101-0101-010101010101",
+    })
+    .expect("encodes");
     let err = decode(crate::topology::ORDER_CANCELED, &body).expect_err("must be rejected");
     assert!(matches!(err, DecodeError::Invalid { .. }), "{err}");
 }
 
 #[test]
 fn garbage_unknown_types_and_oversized_bodies_are_rejected() {
-    assert!(matches!(decode("order.created", b"\xc1not msgpack"), Err(DecodeError::Invalid { .. })));
-    assert!(matches!(decode("order.exploded", &[0x80]), Err(DecodeError::UnknownType(_))));
+    assert!(matches!(
+        decode("order.created", b"\xc1not msgpack"),
+        Err(DecodeError::Invalid { .. })
+    ));
+    assert!(matches!(
+        decode("order.exploded", &[0x80]),
+        Err(DecodeError::UnknownType(_))
+    ));
     let big = vec![0u8; MAX_MESSAGE_BYTES + 1];
-    assert!(matches!(decode("order.created", &big), Err(DecodeError::TooLarge(_))));
+    assert!(matches!(
+        decode("order.created", &big),
+        Err(DecodeError::TooLarge(_))
+    ));
 }

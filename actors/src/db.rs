@@ -1,0 +1,120 @@
+//! Database start-up: create the node's database when missing, connect, migrate.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::config::SecretUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    Url(sqlx::Error),
+    #[error("cannot reach PostgreSQL at {url}: {source}")]
+    Unreachable { url: String, source: sqlx::Error },
+    #[error("cannot create database {name}: {source}")]
+    Create { name: String, source: sqlx::Error },
+    #[error("migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// The outbox and inbox tables, shared by both nodes.
+fn shared_migrator() -> Migrator {
+    sqlx::migrate!("./migrations")
+}
+
+/// Connects to the node's database, creating it first when it does not exist, and applies
+/// the shared and the node's own migrations.
+pub async fn connect_and_migrate(
+    url: &SecretUrl,
+    pool_size: u32,
+    mut node: Migrator,
+) -> Result<PgPool, DbError> {
+    let options = PgConnectOptions::from_str(url.expose()).map_err(DbError::Url)?;
+    create_database_if_missing(url, &options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(pool_size)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|source| DbError::Unreachable {
+            url: url.to_string(),
+            source,
+        })?;
+    // Two migration sets share one history table; each ignores the other's versions.
+    let mut shared = shared_migrator();
+    shared.set_ignore_missing(true).run(&pool).await?;
+    node.set_ignore_missing(true).run(&pool).await?;
+    Ok(pool)
+}
+
+async fn create_database_if_missing(
+    url: &SecretUrl,
+    options: &PgConnectOptions,
+) -> Result<(), DbError> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let unreachable = |source| DbError::Unreachable {
+        url: url.to_string(),
+        source,
+    };
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .map_err(unreachable)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(unreachable)?;
+    if !exists {
+        // Identifiers cannot be bound; the name is quoted with embedded quotes doubled.
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another replica created it first.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => {}
+            Err(source) => return Err(DbError::Create { name, source }),
+        }
+    }
+    let _ = admin.close().await;
+    Ok(())
+}
+
+/// Whether the database answers right now (for readiness).
+pub async fn ping(pool: &PgPool) -> bool {
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(pool),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok())
+}
+
+/// Whether a database error means "unavailable, try later" rather than "this is wrong".
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        // Class 08 (connection), 57P (operator intervention, e.g. terminated backend),
+        // 53 (insufficient resources), 40001/40P01 (serialization failure, deadlock).
+        sqlx::Error::Database(e) => e.code().is_some_and(|c| {
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c == "40001"
+                || c == "40P01"
+        }),
+        _ => false,
+    }
+}

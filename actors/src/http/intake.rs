@@ -1,0 +1,291 @@
+//! The HTTP intake actor.
+//!
+//! Owns: the warp server on the node's listening socket. Takes: `ServerExited` from its own
+//! server task, which it turns into a failure so that its supervisor restarts it (the socket
+//! stays bound across restarts: the node keeps the listener, the actor serves a clone).
+//! Requests are served concurrently by warp; each becomes calls to the node's actors. A
+//! semaphore bounds the requests in flight: past it, 503 rather than an unbounded queue.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::TcpListener;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sqlx::PgPool;
+use tokio::sync::{Semaphore, oneshot, watch};
+use tracing::Instrument;
+use warp::Filter;
+use warp::http::{HeaderMap, HeaderValue, Method};
+use warp::reply::Response;
+
+use super::problem::Problem;
+use super::request::{HttpRequest, MAX_BODY_BYTES, request_id};
+use crate::amqp::BrokerState;
+use crate::metrics::Metrics;
+use crate::supervision::ActorTree;
+
+/// A node's response, labelled with its route template for metrics (never the raw path,
+/// which would explode label cardinality).
+pub struct Routed {
+    pub route: &'static str,
+    pub response: Response,
+}
+
+pub type RouteFuture = Pin<Box<dyn Future<Output = Routed> + Send>>;
+
+/// The node's domain routes.
+pub trait Routes: Send + Sync + 'static {
+    fn route(&self, request: HttpRequest) -> RouteFuture;
+}
+
+/// Everything the shared request path needs.
+pub struct HttpContext {
+    pub node: String,
+    pub pool: PgPool,
+    pub tree: ActorTree,
+    pub metrics: Metrics,
+    pub broker: watch::Receiver<BrokerState>,
+    pub in_flight: Semaphore,
+    pub routes: Arc<dyn Routes>,
+}
+
+#[derive(Clone)]
+pub struct IntakeArgs {
+    pub listener: Arc<TcpListener>,
+    pub context: Arc<HttpContext>,
+    pub shutdown_grace: Duration,
+}
+
+pub enum IntakeMsg {
+    ServerExited,
+}
+
+pub struct HttpIntake;
+
+pub struct IntakeState {
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl Actor for HttpIntake {
+    type Msg = IntakeMsg;
+    type State = IntakeState;
+    type Arguments = IntakeArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<IntakeMsg>,
+        args: IntakeArgs,
+    ) -> Result<IntakeState, ActorProcessingErr> {
+        let std_listener = args.listener.try_clone()?;
+        std_listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let server = warp::serve(filter(args.context.clone()))
+            .incoming(listener)
+            .graceful(async move {
+                let _ = shutdown_rx.await;
+            });
+        let server = tokio::spawn(async move {
+            server.run().await;
+            let _ = myself.cast(IntakeMsg::ServerExited);
+        });
+        Ok(IntakeState {
+            shutdown: Some(shutdown_tx),
+            server: Some(server),
+            grace: args.shutdown_grace,
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<IntakeMsg>,
+        state: &mut IntakeState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stop accepting; let requests in flight finish within the grace period.
+        if let Some(tx) = state.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = state.server.take() {
+            if tokio::time::timeout(state.grace, server).await.is_err() {
+                tracing::warn!("HTTP requests still in flight after the grace period");
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<IntakeMsg>,
+        msg: IntakeMsg,
+        state: &mut IntakeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            IntakeMsg::ServerExited if state.shutdown.is_some() => {
+                Err("the HTTP server stopped unexpectedly".into())
+            }
+            IntakeMsg::ServerExited => Ok(()),
+        }
+    }
+}
+
+fn filter(
+    context: Arc<HttpContext>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone + Send + Sync + 'static {
+    let query = warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify();
+    warp::method()
+        .and(warp::path::full())
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            move |method: Method,
+                  path: warp::path::FullPath,
+                  query: Option<String>,
+                  headers: HeaderMap,
+                  body| {
+                let context = context.clone();
+                async move {
+                    serve(
+                        context,
+                        method,
+                        path.as_str().to_owned(),
+                        query,
+                        headers,
+                        body,
+                    )
+                    .await
+                }
+            },
+        )
+        .or(warp::any().map(|| Problem::bad_request("unreadable request").into_response()))
+        .unify()
+        .boxed()
+        .recover(|_| async {
+            Ok::<_, Infallible>(Problem::bad_request("unreadable request").into_response())
+        })
+        .unify()
+}
+
+async fn read_body<S, B>(headers: &HeaderMap, body: S) -> Result<Bytes, Problem>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let declared = headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+        return Err(Problem::payload_too_large(MAX_BODY_BYTES));
+    }
+    let mut buf = BytesMut::new();
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| Problem::bad_request(format!("could not read the body: {e}")))?;
+        if buf.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(Problem::payload_too_large(MAX_BODY_BYTES));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+async fn serve<S, B>(
+    context: Arc<HttpContext>,
+    method: Method,
+    path: String,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: S,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send,
+    B: Buf,
+{
+    let started = Instant::now();
+    let request_id = request_id(&headers);
+    let span = tracing::info_span!(
+        "http.request",
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %path,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+    );
+    let metrics = context.metrics.clone();
+    let method_label = method.as_str().to_owned();
+    let routed = async {
+        // Operational routes bypass the in-flight limit so probes answer under load.
+        if let Some(routed) = super::ops::route(&context, &method, &path).await {
+            return routed;
+        }
+        let Ok(_permit) = context.in_flight.try_acquire() else {
+            return Routed {
+                route: "overloaded",
+                response: Problem::unavailable("too many requests in flight; retry shortly")
+                    .into_response(),
+            };
+        };
+        metrics.http_in_flight.inc();
+        let routed = match read_body(&headers, body).await {
+            Ok(body) => {
+                let request = HttpRequest {
+                    method,
+                    path,
+                    query,
+                    headers,
+                    body,
+                    request_id: request_id.clone(),
+                };
+                context.routes.route(request).await
+            }
+            Err(problem) => Routed {
+                route: "unmatched",
+                response: problem.into_response(),
+            },
+        };
+        metrics.http_in_flight.dec();
+        routed
+    }
+    .instrument(span.clone())
+    .await;
+    let Routed {
+        route,
+        mut response,
+    } = routed;
+    let status = response.status();
+    span.record("http.route", route);
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        tracing::warn!(parent: &span, status = status.as_u16(), "request failed");
+    }
+    metrics
+        .http_requests
+        .with_label_values(&[route, method_label.as_str(), status.as_str()])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[route, method_label.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}

@@ -1,0 +1,159 @@
+//! The request as node routes see it: method, path segments, query, headers, a bounded
+//! body, the request id, and the trace context to carry into events.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use uuid::Uuid;
+use warp::http::{HeaderMap, Method};
+
+use super::problem::Problem;
+use crate::outbox::Causation;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    pub method: Method,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub request_id: String,
+}
+
+impl HttpRequest {
+    /// Path segments without empty ones: `/orders/1/cancel` → `["orders", "1", "cancel"]`.
+    pub fn segments(&self) -> Vec<&str> {
+        self.path.split('/').filter(|s| !s.is_empty()).collect()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// What to carry into events caused by this request.
+    pub fn causation(&self) -> Causation {
+        Causation {
+            traceparent: self.header("traceparent").map(str::to_owned),
+            tracestate: self.header("tracestate").map(str::to_owned),
+            request_id: Some(self.request_id.clone()),
+        }
+    }
+
+    /// The body as JSON: 415 without `Content-Type: application/json`, 400 when malformed.
+    pub fn json(&self) -> Result<serde_json::Value, Problem> {
+        let content_type = self.header("content-type").unwrap_or_default();
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json"
+            && !(essence.starts_with("application/") && essence.ends_with("+json"))
+        {
+            return Err(Problem::unsupported_media_type());
+        }
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Problem::malformed_json(format!("the body is not valid JSON: {e}")))
+    }
+
+    /// Query parameters, percent-decoded. A repeated parameter is a 400.
+    pub fn query_params(&self) -> Result<HashMap<String, String>, Problem> {
+        let mut params = HashMap::new();
+        for pair in self
+            .query
+            .as_deref()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty())
+        {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let (k, v) = (percent_decode(k)?, percent_decode(v)?);
+            if params.insert(k.clone(), v).is_some() {
+                return Err(Problem::bad_request(format!(
+                    "query parameter {k} is repeated"
+                )));
+            }
+        }
+        Ok(params)
+    }
+}
+
+/// A path segment that must be a UUID: 400 otherwise.
+pub fn path_uuid(segment: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(segment)
+        .map_err(|_| Problem::bad_request(format!("{segment:?} is not a valid UUID")))
+}
+
+fn percent_decode(s: &str) -> Result<String, Problem> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok());
+                let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(byte.ok_or_else(|| {
+                    Problem::bad_request("malformed percent-encoding in the query")
+                })?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| Problem::bad_request("the query is not UTF-8"))
+}
+
+/// The request id: the caller's `X-Request-Id`, else Kong's `Kong-Request-Id`, else a new
+/// one. Only short visible-ASCII values are echoed, so a header cannot inject into logs.
+pub fn request_id(headers: &HeaderMap) -> String {
+    ["x-request-id", "kong-request-id"]
+        .iter()
+        .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+        .map(str::trim)
+        .find(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| Uuid::now_v7().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_is_percent_decoded_and_repeats_are_refused() {
+        let mut req = HttpRequest {
+            method: Method::GET,
+            path: "/orders".into(),
+            query: Some("status=pending&cursor=a%2Fb+c".into()),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            request_id: "r".into(),
+        };
+        let q = req.query_params().expect("valid");
+        assert_eq!(q["cursor"], "a/b c");
+        req.query = Some("limit=1&limit=2".into());
+        assert!(req.query_params().is_err());
+        req.query = Some("limit=%zz".into());
+        assert!(req.query_params().is_err());
+    }
+
+    #[test]
+    fn request_id_prefers_the_callers_then_kongs() {
+        let mut h = HeaderMap::new();
+        h.insert("kong-request-id", "kong-1".parse().expect("header"));
+        assert_eq!(request_id(&h), "kong-1");
+        h.insert("x-request-id", "mine".parse().expect("header"));
+        assert_eq!(request_id(&h), "mine");
+        h.insert("x-request-id", "has space".parse().expect("header"));
+        assert_eq!(request_id(&h), "kong-1");
+    }
+}

@@ -1,0 +1,275 @@
+//! Building and running a node: the wiring both nodes share.
+//!
+//! ```text
+//! <node> (root supervisor)
+//! ├── store        (nested supervisor of N store workers — the node's domain)
+//! ├── amqp-link    (connection, reconnects, topology)
+//! ├── outbox-relay (outbox → broker with publisher confirms)
+//! ├── consumer     (queue → handler → store workers → ack)
+//! └── http-intake  (warp server → store workers)
+//! ```
+//! Children start in that order and stop in reverse: intake stops taking requests first,
+//! the store stops last.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::sync::{Semaphore, watch};
+
+use crate::amqp::{AmqpLink, BrokerState, Consumer, ConsumerArgs, EventHandler, LinkArgs, LinkMsg};
+use crate::config::CommonConfig;
+use crate::http::{HttpContext, HttpIntake, IntakeArgs, Routes};
+use crate::metrics::Metrics;
+use crate::relay::{OutboxNotifier, OutboxRelay, RelayArgs, RelayMsg};
+use crate::supervision::{
+    ActorState, ActorTree, ChildHandle, ChildSpec, Supervisor, SupervisorArgs, SupervisorMsg,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on HTTP_ADDR {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] crate::db::DbError),
+    #[error("the actor tree failed to start: {0}")]
+    Tree(String),
+}
+
+/// What the shared wiring hands the node's domain to build its part.
+#[derive(Clone)]
+pub struct NodeResources {
+    pub pool: PgPool,
+    pub notifier: OutboxNotifier,
+    pub metrics: Metrics,
+    pub request_timeout: Duration,
+}
+
+/// The node's domain: its store workers, its routes, and its consumer's handler.
+pub struct Domain {
+    pub store_workers: Vec<ChildSpec>,
+    pub routes: Arc<dyn Routes>,
+    pub handler: Arc<dyn EventHandler>,
+}
+
+/// A node's identity and what it consumes.
+pub struct NodeSpec {
+    pub name: &'static str,
+    pub queue: &'static str,
+    pub migrator: Migrator,
+}
+
+/// A node whose tree is running and whose HTTP socket is bound.
+pub struct RunningNode {
+    name: &'static str,
+    addr: SocketAddr,
+    root: ActorRef<SupervisorMsg>,
+    join: tokio::task::JoinHandle<()>,
+    tree: ActorTree,
+    pool: PgPool,
+    grace: Duration,
+}
+
+/// Connects, migrates, binds, and starts the supervision tree.
+pub async fn start(
+    spec: NodeSpec,
+    config: &CommonConfig,
+    domain: impl FnOnce(NodeResources) -> Domain,
+) -> Result<RunningNode, StartError> {
+    let pool = crate::db::connect_and_migrate(
+        &config.database_url,
+        config.database_pool_size,
+        spec.migrator,
+    )
+    .await?;
+    let listener = TcpListener::bind(config.http_addr).map_err(|source| StartError::Listen {
+        addr: config.http_addr,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen {
+        addr: config.http_addr,
+        source,
+    })?;
+
+    let metrics = Metrics::new(spec.name);
+    let tree = ActorTree::default();
+    let link = ChildHandle::<LinkMsg>::default();
+    let relay = ChildHandle::<RelayMsg>::default();
+    let notifier = OutboxNotifier::new(relay.clone());
+    let (broker_tx, broker_rx) = watch::channel(BrokerState::Connecting);
+    let resources = NodeResources {
+        pool: pool.clone(),
+        notifier: notifier.clone(),
+        metrics: metrics.clone(),
+        request_timeout: config.request_timeout,
+    };
+    let Domain {
+        store_workers,
+        routes,
+        handler,
+    } = domain(resources);
+
+    let root_args = SupervisorArgs {
+        path: spec.name.to_owned(),
+        children: Vec::new(),
+        policy: config.restart_policy,
+        tree: tree.clone(),
+        metrics: metrics.clone(),
+    };
+    let store = root_args.nested("store", store_workers);
+
+    let link_args = LinkArgs {
+        url: config.amqp_url.clone(),
+        app_id: spec.name.to_owned(),
+        heartbeat: config.amqp_heartbeat,
+        backoff_min: config.reconnect_backoff_min,
+        backoff_max: config.reconnect_backoff_max,
+        state: broker_tx,
+        metrics: metrics.clone(),
+    };
+    let relay_args = RelayArgs {
+        pool: pool.clone(),
+        link: link.clone(),
+        notifier,
+        app_id: spec.name.to_owned(),
+        batch_size: config.outbox_batch_size,
+        poll_interval: config.outbox_poll_interval,
+        retention: config.outbox_retention,
+        backoff_min: config.reconnect_backoff_min,
+        backoff_max: config.reconnect_backoff_max,
+        metrics: metrics.clone(),
+    };
+    let consumer_args = ConsumerArgs {
+        queue: spec.queue,
+        consumer_tag: format!("{}-{}", spec.name, uuid::Uuid::now_v7()),
+        link: link.clone(),
+        handler,
+        prefetch: config.amqp_prefetch,
+        max_attempts: config.consumer_max_attempts,
+        backoff_min: config.reconnect_backoff_min,
+        backoff_max: config.reconnect_backoff_max,
+        shutdown_grace: config.shutdown_grace,
+        metrics: metrics.clone(),
+    };
+    let context = Arc::new(HttpContext {
+        node: spec.name.to_owned(),
+        pool: pool.clone(),
+        tree: tree.clone(),
+        metrics: metrics.clone(),
+        broker: broker_rx,
+        in_flight: Semaphore::new(config.http_max_in_flight),
+        routes,
+    });
+    let intake_args = IntakeArgs {
+        listener: Arc::new(listener),
+        context,
+        shutdown_grace: config.shutdown_grace,
+    };
+
+    let children = vec![
+        ChildSpec::supervisor("store", store),
+        ChildSpec::new("amqp-link", link, move || (AmqpLink, link_args.clone())),
+        ChildSpec::new("outbox-relay", relay, move || {
+            (OutboxRelay, relay_args.clone())
+        }),
+        ChildSpec::new("consumer", ChildHandle::default(), move || {
+            (Consumer, consumer_args.clone())
+        }),
+        ChildSpec::new("http-intake", ChildHandle::default(), move || {
+            (HttpIntake, intake_args.clone())
+        }),
+    ];
+    let root_args = SupervisorArgs {
+        children,
+        ..root_args
+    };
+    let (root, join) = Actor::spawn(None, Supervisor, root_args)
+        .await
+        .map_err(|e| StartError::Tree(e.to_string()))?;
+    tracing::info!(node = spec.name, %addr, "node started");
+    Ok(RunningNode {
+        name: spec.name,
+        addr,
+        root,
+        join,
+        tree,
+        pool,
+        grace: config.shutdown_grace,
+    })
+}
+
+impl RunningNode {
+    /// The bound HTTP address (the real port when `HTTP_ADDR` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn tree(&self) -> &ActorTree {
+        &self.tree
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Graceful shutdown: stops the tree (intake first, store last) within the grace
+    /// period, then closes the pool.
+    pub async fn shutdown(self) {
+        self.root.stop(Some("shutdown requested".into()));
+        let grace = self.grace + Duration::from_secs(5);
+        if tokio::time::timeout(grace, self.join).await.is_err() {
+            tracing::warn!(node = self.name, "shutdown grace period exceeded");
+        }
+        self.pool.close().await;
+        tracing::info!(node = self.name, "node stopped");
+    }
+
+    /// Serves until SIGTERM/SIGINT (then shuts down gracefully: `Ok`) or until the root
+    /// supervisor gives up (`Err`: the process must exit non-zero).
+    pub async fn run_until_signal(mut self) -> Result<(), String> {
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!(node = self.name, "shutdown signal received");
+                self.shutdown().await;
+                Ok(())
+            }
+            _ = &mut self.join => {
+                let escalated = self.tree.get(self.name).is_some_and(|i| i.state == ActorState::Failed);
+                self.pool.close().await;
+                if escalated {
+                    Err(format!("{}: the root supervisor gave up after repeated failures", self.name))
+                } else {
+                    Err(format!("{}: the actor tree stopped", self.name))
+                }
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,60 @@
+//! The publish side of the transactional outbox: [`enqueue`] writes an event in the
+//! caller's transaction; the [`crate::relay::OutboxRelay`] actor publishes it.
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+
+use contracts::Event;
+
+/// What caused an event, carried into its AMQP headers so one trace and one request id
+/// run from the HTTP request to the consumer on the other node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Causation {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", rename = "x-request-id")]
+    pub request_id: Option<String>,
+}
+
+/// Adds `event` to the outbox inside the caller's transaction: it will be published if and
+/// only if that transaction commits.
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    event: &Event,
+    cause: &Causation,
+) -> Result<(), sqlx::Error> {
+    let headers = serde_json::to_value(cause).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event.event_id())
+    .bind(event.order_id())
+    .bind(event.exchange())
+    .bind(event.routing_key())
+    .bind(contracts::encode(event))
+    .bind(headers)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a consumed event id in the caller's transaction. `false` means it was
+/// processed before: the caller must change nothing and acknowledge.
+pub async fn first_delivery(
+    conn: &mut PgConnection,
+    event_id: uuid::Uuid,
+    event_type: &str,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO inbox (event_id, event_type) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(event_type)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}

@@ -1,0 +1,476 @@
+//! Supervision: a small OTP-style supervisor for ractor, which has no restarts built in.
+//!
+//! A [`Supervisor`] starts its children in order, restarts one that fails (panic, `Err`, or
+//! an unexpected stop) after an exponential backoff, and escalates by failing itself when
+//! more than `max_restarts` happen within `window`. Its own supervisor then restarts it; at
+//! the root the node exits non-zero so the orchestrator restarts the process.
+//!
+//! Callers never hold a child's `ActorRef` directly: they hold a [`ChildHandle`], which the
+//! supervisor updates on every restart, so a restarted actor is reachable at once.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use serde::Serialize;
+
+use crate::metrics::Metrics;
+
+/// The current `ActorRef` of a supervised child, updated on every (re)start.
+pub struct ChildHandle<M>(Arc<RwLock<Option<ActorRef<M>>>>);
+
+impl<M> Clone for ChildHandle<M> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<M> Default for ChildHandle<M> {
+    fn default() -> Self {
+        Self(Arc::new(RwLock::new(None)))
+    }
+}
+
+impl<M: ractor::Message> ChildHandle<M> {
+    /// The running actor, if it is up right now.
+    pub fn get(&self) -> Option<ActorRef<M>> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, actor: Option<ActorRef<M>>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = actor;
+    }
+
+    /// Sends without waiting; `false` when the actor is down (e.g. restarting).
+    pub fn cast(&self, msg: M) -> bool {
+        self.get().is_some_and(|a| a.cast(msg).is_ok())
+    }
+}
+
+/// A fixed set of interchangeable workers, each supervised on its own; requests are spread
+/// round-robin so that no single actor serialises the hot path.
+pub struct WorkerPool<M> {
+    workers: Arc<[ChildHandle<M>]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl<M> Clone for WorkerPool<M> {
+    fn clone(&self) -> Self {
+        Self {
+            workers: self.workers.clone(),
+            next: self.next.clone(),
+        }
+    }
+}
+
+impl<M: ractor::Message> WorkerPool<M> {
+    pub fn new(size: usize) -> Self {
+        let workers: Vec<ChildHandle<M>> =
+            (0..size.max(1)).map(|_| ChildHandle::default()).collect();
+        Self {
+            workers: workers.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub fn handles(&self) -> &[ChildHandle<M>] {
+        &self.workers
+    }
+
+    /// The next live worker, skipping any that is restarting.
+    pub fn pick(&self) -> Option<ActorRef<M>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..self.workers.len()).find_map(|i| self.workers[(start + i) % self.workers.len()].get())
+    }
+}
+
+type StartFuture = Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>;
+type StartFn = Arc<dyn Fn(ActorCell) -> StartFuture + Send + Sync>;
+
+/// How to (re)start one child.
+#[derive(Clone)]
+pub struct ChildSpec {
+    name: String,
+    start: StartFn,
+}
+
+impl ChildSpec {
+    /// A child built afresh by `make` on every start, reachable through `handle`.
+    pub fn new<A, F>(name: impl Into<String>, handle: ChildHandle<A::Msg>, make: F) -> Self
+    where
+        A: Actor,
+        F: Fn() -> (A, A::Arguments) + Send + Sync + 'static,
+    {
+        let make = Arc::new(make);
+        let start: StartFn = Arc::new(move |supervisor: ActorCell| {
+            let make = make.clone();
+            let handle = handle.clone();
+            Box::pin(async move {
+                let (actor, args) = make();
+                let (actor_ref, _join) = Actor::spawn_linked(None, actor, args, supervisor).await?;
+                handle.set(Some(actor_ref.clone()));
+                Ok(actor_ref.get_cell())
+            })
+        });
+        Self {
+            name: name.into(),
+            start,
+        }
+    }
+
+    /// A nested supervisor as a child.
+    pub fn supervisor(name: impl Into<String>, args: SupervisorArgs) -> Self {
+        let name = name.into();
+        let handle = ChildHandle::<SupervisorMsg>::default();
+        Self::new(name, handle, move || (Supervisor, args.clone()))
+    }
+}
+
+/// Restart intensity and backoff.
+#[derive(Debug, Clone, Copy)]
+pub struct RestartPolicy {
+    /// More restarts than this within `window` escalate to the parent.
+    pub max_restarts: usize,
+    pub window: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            window: Duration::from_secs(30),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The delay before the `n`-th restart within the window (n ≥ 1): doubling from
+    /// `backoff_min`, capped at `backoff_max`.
+    pub fn backoff(&self, n: usize) -> Duration {
+        let factor = 1u32 << n.saturating_sub(1).min(16);
+        self.backoff_min
+            .saturating_mul(factor)
+            .min(self.backoff_max)
+    }
+}
+
+/// The live supervision tree as `GET /actors` shows it, shared by all supervisors of a node.
+#[derive(Clone, Default)]
+pub struct ActorTree(Arc<Mutex<BTreeMap<String, ActorInfo>>>);
+
+/// One actor's entry in the tree.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ActorInfo {
+    pub state: ActorState,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorState {
+    Running,
+    Restarting,
+    Stopped,
+    /// Gave up: its restart intensity was exceeded and it escalated.
+    Failed,
+}
+
+/// A node of the rendered tree.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActorNode {
+    pub name: String,
+    pub state: ActorState,
+    pub restarts: u64,
+    pub last_error: Option<String>,
+    pub children: Vec<ActorNode>,
+}
+
+impl ActorTree {
+    fn update(&self, path: &str, f: impl FnOnce(&mut ActorInfo)) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let info = map.entry(path.to_owned()).or_insert(ActorInfo {
+            state: ActorState::Running,
+            restarts: 0,
+            last_error: None,
+        });
+        f(info);
+    }
+
+    /// One actor's entry, by its path (`root/child/grandchild`).
+    pub fn get(&self, path: &str) -> Option<ActorInfo> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(path)
+            .cloned()
+    }
+
+    /// Whether every actor in the tree is running.
+    pub fn all_running(&self) -> bool {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        !map.is_empty() && map.values().all(|i| i.state == ActorState::Running)
+    }
+
+    /// The tree, nested by path.
+    pub fn render(&self) -> Vec<ActorNode> {
+        let map = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        fn children_of(map: &BTreeMap<String, ActorInfo>, prefix: Option<&str>) -> Vec<ActorNode> {
+            map.iter()
+                .filter(|(path, _)| match prefix {
+                    None => !path.contains('/'),
+                    Some(p) => path
+                        .strip_prefix(p)
+                        .and_then(|rest| rest.strip_prefix('/'))
+                        .is_some_and(|rest| !rest.contains('/')),
+                })
+                .map(|(path, info)| ActorNode {
+                    name: path.rsplit('/').next().unwrap_or(path).to_owned(),
+                    state: info.state,
+                    restarts: info.restarts,
+                    last_error: info.last_error.clone(),
+                    children: children_of(map, Some(path)),
+                })
+                .collect()
+        }
+        children_of(&map, None)
+    }
+}
+
+/// Arguments of a [`Supervisor`].
+#[derive(Clone)]
+pub struct SupervisorArgs {
+    /// Path of this supervisor in the tree, e.g. `orders-node` or `orders-node/store`.
+    pub path: String,
+    pub children: Vec<ChildSpec>,
+    pub policy: RestartPolicy,
+    pub tree: ActorTree,
+    pub metrics: Metrics,
+}
+
+impl SupervisorArgs {
+    /// Arguments for a nested supervisor below this one.
+    pub fn nested(&self, name: &str, children: Vec<ChildSpec>) -> SupervisorArgs {
+        SupervisorArgs {
+            path: format!("{}/{name}", self.path),
+            children,
+            policy: self.policy,
+            tree: self.tree.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Messages a supervisor sends itself.
+pub enum SupervisorMsg {
+    Restart(usize),
+}
+
+/// The supervisor actor. It owns its children's lifecycles and nothing else; see the module
+/// documentation for its restart rules. When it fails itself (escalation), its parent
+/// restarts it, which restarts all of its children.
+pub struct Supervisor;
+
+pub struct SupervisorState {
+    args: SupervisorArgs,
+    children: Vec<ChildState>,
+}
+
+struct ChildState {
+    cell: Option<ActorCell>,
+    recent_restarts: VecDeque<Instant>,
+}
+
+impl SupervisorState {
+    fn child_path(&self, idx: usize) -> String {
+        format!("{}/{}", self.args.path, self.args.children[idx].name)
+    }
+
+    fn index_of(&self, cell: &ActorCell) -> Option<usize> {
+        self.children.iter().position(|c| {
+            c.cell
+                .as_ref()
+                .is_some_and(|own| own.get_id() == cell.get_id())
+        })
+    }
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            children: Vec::new(),
+            args,
+        };
+        state
+            .args
+            .tree
+            .update(&state.args.path, |i| i.state = ActorState::Running);
+        for idx in 0..state.args.children.len() {
+            let spec = state.args.children[idx].clone();
+            let path = state.child_path(idx);
+            let cell = (spec.start)(myself.get_cell()).await.map_err(|e| {
+                tracing::error!(actor = %path, error = %e, "actor failed to start");
+                format!("{path} failed to start: {e}")
+            })?;
+            tracing::info!(actor = %path, "actor started");
+            state
+                .args
+                .tree
+                .update(&path, |i| i.state = ActorState::Running);
+            state.children.push(ChildState {
+                cell: Some(cell),
+                recent_restarts: VecDeque::new(),
+            });
+        }
+        Ok(state)
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Stop children in reverse start order, so intake stops before the store it uses.
+        for idx in (0..state.children.len()).rev() {
+            if let Some(cell) = state.children[idx].cell.take() {
+                cell.unlink(_myself.get_cell());
+                let _ = cell
+                    .stop_and_wait(Some("supervisor stopping".into()), None)
+                    .await;
+            }
+            state
+                .args
+                .tree
+                .update(&state.child_path(idx), |i| i.state = ActorState::Stopped);
+        }
+        state.args.tree.update(&state.args.path, |i| {
+            if i.state != ActorState::Failed {
+                i.state = ActorState::Stopped;
+            }
+        });
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisorMsg::Restart(idx) = message;
+        let path = state.child_path(idx);
+        let spec = state.args.children[idx].clone();
+        match (spec.start)(myself.get_cell()).await {
+            Ok(cell) => {
+                state.children[idx].cell = Some(cell);
+                let restarts = state.children[idx].recent_restarts.len();
+                tracing::info!(actor = %path, restarts, "actor restarted");
+                state
+                    .args
+                    .tree
+                    .update(&path, |i| i.state = ActorState::Running);
+                Ok(())
+            }
+            Err(e) => self.on_child_down(&myself, state, idx, format!("restart failed: {e}")),
+        }
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                reason.unwrap_or_else(|| "stopped unexpectedly".into()),
+            ),
+            _ => return Ok(()),
+        };
+        let Some(idx) = state.index_of(&cell) else {
+            return Ok(());
+        };
+        state.children[idx].cell = None;
+        self.on_child_down(&myself, state, idx, reason)
+    }
+}
+
+impl Supervisor {
+    /// Records a child's failure and schedules its restart, or escalates when the restart
+    /// intensity is exceeded.
+    fn on_child_down(
+        &self,
+        myself: &ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+        idx: usize,
+        reason: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let path = state.child_path(idx);
+        let policy = state.args.policy;
+        let now = Instant::now();
+        let recent = &mut state.children[idx].recent_restarts;
+        while recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            recent.pop_front();
+        }
+        recent.push_back(now);
+        let attempt = recent.len();
+        tracing::error!(actor = %path, error = %reason, attempt, "actor failed");
+        state
+            .args
+            .metrics
+            .actor_restarts
+            .with_label_values(&[path.as_str()])
+            .inc();
+        state.args.tree.update(&path, |i| {
+            i.state = ActorState::Restarting;
+            i.restarts += 1;
+            i.last_error = Some(reason.clone());
+        });
+        if attempt > policy.max_restarts {
+            tracing::error!(actor = %path, "restart intensity exceeded; escalating");
+            state
+                .args
+                .tree
+                .update(&state.args.path, |i| i.state = ActorState::Failed);
+            return Err(format!(
+                "{path} failed {attempt} times within {:?}: {reason}",
+                policy.window
+            )
+            .into());
+        }
+        let delay = policy.backoff(attempt);
+        myself.send_after(delay, move || SupervisorMsg::Restart(idx));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
