@@ -398,6 +398,34 @@ async fn process(args: Arc<ConsumerArgs>, delivery: Delivery, stop: watch::Recei
     }
 }
 
+/// Asks the next store worker to apply an event: a worker that is restarting, too slow or
+/// dies meanwhile is a handler failure (retried, bounded), and the store's own error is
+/// classified by the node through `From<E> for HandleError`.
+pub async fn ask_worker<M, T, E>(
+    workers: &crate::supervision::WorkerPool<M>,
+    timeout: Duration,
+    build: impl FnOnce(ractor::RpcReplyPort<Result<T, E>>) -> M,
+) -> Result<T, HandleError>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+    E: Send + 'static,
+    HandleError: From<E>,
+{
+    let worker = workers
+        .pick()
+        .ok_or_else(|| HandleError::Failed("no store worker is running".into()))?;
+    match worker.call(build, Some(timeout)).await {
+        Ok(ractor::rpc::CallResult::Success(result)) => result.map_err(HandleError::from),
+        Ok(ractor::rpc::CallResult::Timeout) => {
+            Err(HandleError::Failed("the store worker timed out".into()))
+        }
+        _ => Err(HandleError::Failed(
+            "the store worker stopped while handling the event".into(),
+        )),
+    }
+}
+
 /// Sleeps for `delay`; `false` if the node began stopping meanwhile.
 async fn wait_or_stop(delay: Duration, mut stop: watch::Receiver<bool>) -> bool {
     if *stop.borrow() {

@@ -6,6 +6,6 @@ pub mod link;
 pub mod topology;
 
 pub use consumer::{
-    Consumer, ConsumerArgs, ConsumerMsg, Delivered, EventHandler, HandleError, Handled,
+    Consumer, ConsumerArgs, ConsumerMsg, Delivered, EventHandler, HandleError, Handled, ask_worker,
 };
 pub use link::{AmqpLink, BrokerState, LinkArgs, LinkError, LinkMsg};

@@ -2,11 +2,15 @@
 //! type, problem+json, and the operational routes (`/health`, `/health/ready`, `/metrics`,
 //! `/actors`). Nodes implement [`Routes`] for their domain paths only.
 
+pub mod calls;
 pub mod intake;
+pub mod listing;
 pub mod ops;
 pub mod problem;
 pub mod request;
 
-pub use intake::{HttpContext, HttpIntake, IntakeArgs, IntakeMsg, Routed, Routes};
+pub use calls::call_worker;
+pub use intake::{HttpContext, HttpIntake, IntakeArgs, IntakeMsg, RouteFuture, Routed, Routes};
+pub use listing::{Cursor, ListParams, Page};
 pub use problem::{FieldError, Problem, json_response};
 pub use request::{HttpRequest, MAX_BODY_BYTES, path_uuid};

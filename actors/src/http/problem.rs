@@ -32,6 +32,8 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     #[serde(skip)]
     pub retry_after: Option<u32>,
+    #[serde(skip)]
+    pub allow: Option<&'static str>,
 }
 
 impl Problem {
@@ -43,6 +45,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -118,6 +121,9 @@ impl Problem {
             "content-type",
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(allow) = self.allow {
+            headers.insert("allow", HeaderValue::from_static(allow));
+        }
         if let Some(secs) = self.retry_after {
             headers.insert("retry-after", HeaderValue::from(secs));
         }

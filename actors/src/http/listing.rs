@@ -1,0 +1,171 @@
+//! Keyset pagination shared by both nodes' list endpoints: `limit`, an opaque `cursor`
+//! (the position after the last item: its timestamp and id), newest first.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::problem::{FieldError, Problem};
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 200;
+
+/// The position after which the next page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub at: DateTime<Utc>,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    /// Opaque to clients: hex of `<micros>_<uuid>`.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.at.timestamp_micros(), self.id)
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    pub fn decode(s: &str) -> Option<Cursor> {
+        if s.len() % 2 != 0 || s.len() > 200 {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+            .collect();
+        let text = String::from_utf8(bytes?).ok()?;
+        let (micros, id) = text.split_once('_')?;
+        Some(Cursor {
+            at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+            id: Uuid::parse_str(id).ok()?,
+        })
+    }
+}
+
+/// `{"items": [...], "next_cursor": "..." | null}`
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from up to `limit + 1` rows (the extra one proves there is a next page).
+    pub fn from_rows(mut rows: Vec<T>, limit: i64, position: impl Fn(&T) -> Cursor) -> Self {
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit.max(0) as usize);
+        let next_cursor = if more {
+            rows.last().map(|r| position(r).encode())
+        } else {
+            None
+        };
+        Page {
+            items: rows,
+            next_cursor,
+        }
+    }
+}
+
+/// Parsed list parameters; the node reads its own filters from `filters`.
+pub struct ListParams {
+    pub limit: i64,
+    pub cursor: Option<Cursor>,
+    pub filters: HashMap<String, String>,
+}
+
+impl ListParams {
+    /// `allowed` are the node's filter names; any other parameter is a 422 like any
+    /// schema violation. A bad limit is 422, a bad cursor 400 (api.md).
+    pub fn parse(mut query: HashMap<String, String>, allowed: &[&str]) -> Result<Self, Problem> {
+        let mut errors = Vec::new();
+        let limit = match query.remove("limit") {
+            None => DEFAULT_LIMIT,
+            Some(raw) => match raw.parse::<i64>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+                _ => {
+                    errors.push(FieldError::new(
+                        "limit",
+                        format!("must be an integer from 1 to {MAX_LIMIT}"),
+                    ));
+                    DEFAULT_LIMIT
+                }
+            },
+        };
+        let cursor = query.remove("cursor");
+        for key in query.keys() {
+            if !allowed.contains(&key.as_str()) {
+                errors.push(FieldError::new(key.clone(), "unknown query parameter"));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(Problem::validation(errors));
+        }
+        let cursor =
+            match cursor {
+                None => None,
+                Some(raw) => Some(Cursor::decode(&raw).ok_or_else(|| {
+                    Problem::bad_request("cursor is not a cursor this API returned")
+                })?),
+            };
+        Ok(ListParams {
+            limit,
+            cursor,
+            filters: query,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_garbage_is_refused() {
+        let c = Cursor {
+            at: DateTime::from_timestamp_micros(1_790_000_000_123_456).expect("ts"),
+            id: Uuid::now_v7(),
+        };
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
+        for bad in ["", "zz", "abc", "6869", &"00".repeat(150)] {
+            assert_eq!(Cursor::decode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn limit_and_unknown_parameters_are_422_and_cursor_400() {
+        let q = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(ListParams::parse(q(&[]), &[]).expect("defaults").limit, 50);
+        assert_eq!(
+            ListParams::parse(q(&[("limit", "0")]), &[])
+                .err()
+                .map(|p| p.status),
+            Some(422)
+        );
+        assert_eq!(
+            ListParams::parse(q(&[("limit", "201")]), &[])
+                .err()
+                .map(|p| p.status),
+            Some(422)
+        );
+        assert_eq!(
+            ListParams::parse(q(&[("color", "red")]), &["status"])
+                .err()
+                .map(|p| p.status),
+            Some(422)
+        );
+        assert_eq!(
+            ListParams::parse(q(&[("cursor", "nope")]), &[])
+                .err()
+                .map(|p| p.status),
+            Some(400)
+        );
+    }
+}
