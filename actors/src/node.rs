@@ -252,6 +252,47 @@ impl RunningNode {
     }
 }
 
+/// The whole of a node's `main`: read config (exit 2 with one line naming the variable),
+/// install telemetry, build (exit 1 with one line on failure), serve until a signal (exit
+/// 0) or until the root supervisor gives up (exit 1).
+pub async fn run_main<C, F, Fut>(
+    name: &str,
+    load: impl FnOnce(&crate::config::Vars) -> Result<C, crate::config::ConfigError>,
+    common: impl Fn(&C) -> &CommonConfig,
+    build: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(C) -> Fut,
+    Fut: std::future::Future<Output = Result<RunningNode, StartError>>,
+{
+    use std::process::ExitCode;
+    let config = match load(&crate::config::Vars::from_env()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = crate::telemetry::init(common(&config)) {
+        eprintln!("{name}: {e}");
+        return ExitCode::from(2);
+    }
+    let node = match build(config).await {
+        Ok(node) => node,
+        Err(e) => {
+            eprintln!("{name}: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match node.run_until_signal().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {

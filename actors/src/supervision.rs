@@ -84,6 +84,19 @@ impl<M: ractor::Message> WorkerPool<M> {
         &self.workers
     }
 
+    /// One supervised child per worker, `worker-0` … `worker-N`, each built by `make`.
+    pub fn child_specs<A, F>(&self, make: F) -> Vec<ChildSpec>
+    where
+        A: Actor<Msg = M>,
+        F: Fn() -> (A, A::Arguments) + Clone + Send + Sync + 'static,
+    {
+        self.workers
+            .iter()
+            .enumerate()
+            .map(|(i, handle)| ChildSpec::new(format!("worker-{i}"), handle.clone(), make.clone()))
+            .collect()
+    }
+
     /// The next live worker, skipping any that is restarting.
     pub fn pick(&self) -> Option<ActorRef<M>> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);

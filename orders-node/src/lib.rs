@@ -23,7 +23,7 @@ pub mod worker;
 use std::net::SocketAddr;
 
 use actors::node::{self, Domain, NodeSpec, RunningNode, StartError};
-use actors::supervision::{ActorTree, ChildSpec, WorkerPool};
+use actors::supervision::{ActorTree, WorkerPool};
 
 pub use config::OrdersConfig;
 use worker::{StoreMsg, StoreWorker, WorkerArgs};
@@ -52,19 +52,8 @@ impl OrdersNode {
                 notifier: res.notifier.clone(),
                 metrics: res.metrics.clone(),
             };
-            let store_workers = pool_for_domain
-                .handles()
-                .iter()
-                .enumerate()
-                .map(|(i, handle)| {
-                    let args = args.clone();
-                    ChildSpec::new(format!("worker-{i}"), handle.clone(), move || {
-                        (StoreWorker, args.clone())
-                    })
-                })
-                .collect();
             Domain {
-                store_workers,
+                store_workers: pool_for_domain.child_specs(move || (StoreWorker, args.clone())),
                 routes: http::routes(pool_for_domain.clone(), res.request_timeout),
                 handler: events::handler(pool_for_domain.clone(), res.request_timeout),
             }
@@ -92,7 +81,8 @@ impl OrdersNode {
         self.node.shutdown().await
     }
 
-    pub async fn run_until_signal(self) -> Result<(), String> {
-        self.node.run_until_signal().await
+    /// The running node underneath, for `main`.
+    pub fn into_running(self) -> RunningNode {
+        self.node
     }
 }

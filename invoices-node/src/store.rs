@@ -1,0 +1,323 @@
+//! Invoices SQL. Each consumed event commits with its inbox row and its outgoing event;
+//! events of one order are serialised by a transaction-scoped advisory lock on the order
+//! id, so a concurrent create and cancel cannot both miss each other.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use actors::amqp::Handled;
+use actors::http::Cursor;
+use actors::outbox::{self, Causation};
+use contracts::{Event, InvoiceIssued, InvoicePaid, InvoiceVoided, OrderCanceled, OrderCreated};
+
+use crate::domain::{self, Invoice, InvoiceStatus, PayDecision};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invoice not found")]
+    NotFound,
+    #[error("a void invoice cannot be paid")]
+    VoidCannotBePaid,
+    #[error("event {0} does not belong on this queue")]
+    WrongEvent(&'static str),
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if actors::db::is_transient(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+/// What applying an order event did, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Issued,
+    Voided,
+    /// order.created after its cancel: the invoice was born void.
+    IssuedVoid,
+    Tombstoned,
+    Nothing,
+}
+
+#[derive(sqlx::FromRow)]
+struct InvoiceRow {
+    id: Uuid,
+    number: String,
+    order_id: Uuid,
+    customer_id: Uuid,
+    currency: String,
+    amount_cents: i64,
+    status: String,
+    issued_at: DateTime<Utc>,
+    due_at: DateTime<Utc>,
+    paid_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<InvoiceRow> for Invoice {
+    type Error = StoreError;
+    fn try_from(r: InvoiceRow) -> Result<Invoice, StoreError> {
+        let status = InvoiceStatus::parse(&r.status).ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Decode(
+                format!("unknown invoice status {:?}", r.status).into(),
+            ))
+        })?;
+        Ok(Invoice {
+            id: r.id,
+            number: r.number,
+            order_id: r.order_id,
+            customer_id: r.customer_id,
+            currency: r.currency,
+            amount_cents: r.amount_cents,
+            status,
+            issued_at: r.issued_at,
+            due_at: r.due_at,
+            paid_at: r.paid_at,
+        })
+    }
+}
+
+const SELECT_BY_ID: &str = "SELECT id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, paid_at
+                              FROM invoices WHERE id = $1";
+const LOCK_BY_ID: &str = "SELECT id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, paid_at
+                            FROM invoices WHERE id = $1 FOR UPDATE";
+const LOCK_BY_ORDER: &str = "SELECT id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, paid_at
+                               FROM invoices WHERE order_id = $1 FOR UPDATE";
+
+fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Invoice, StoreError> {
+    let row: Option<InvoiceRow> = sqlx::query_as(SELECT_BY_ID)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.ok_or(StoreError::NotFound)?.try_into()
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub order_id: Option<Uuid>,
+    pub status: Option<InvoiceStatus>,
+    pub after: Option<Cursor>,
+    pub limit: i64,
+}
+
+/// Newest first; `limit + 1` rows so the caller can tell whether a next page exists.
+pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Invoice>, StoreError> {
+    let rows: Vec<InvoiceRow> = sqlx::query_as(
+        "SELECT id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, paid_at
+           FROM invoices
+          WHERE ($1::uuid IS NULL OR order_id = $1)
+            AND ($2::text IS NULL OR status = $2)
+            AND ($3::timestamptz IS NULL OR (issued_at, id) < ($3, $4))
+          ORDER BY issued_at DESC, id DESC
+          LIMIT $5",
+    )
+    .bind(f.order_id)
+    .bind(f.status.map(InvoiceStatus::as_str))
+    .bind(f.after.map(|c| c.at))
+    .bind(f.after.map(|c| c.id))
+    .bind(f.limit + 1)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(Invoice::try_from).collect()
+}
+
+/// Pays an issued invoice (idempotently) and emits `invoice.paid` once.
+pub async fn pay(
+    pool: &PgPool,
+    id: Uuid,
+    cause: &Causation,
+) -> Result<(Invoice, bool), StoreError> {
+    let mut tx = pool.begin().await?;
+    let row: Option<InvoiceRow> = sqlx::query_as(LOCK_BY_ID)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let mut invoice: Invoice = row.ok_or(StoreError::NotFound)?.try_into()?;
+    match invoice.status.on_pay() {
+        PayDecision::AlreadyPaid => return Ok((invoice, false)),
+        PayDecision::Refuse => return Err(StoreError::VoidCannotBePaid),
+        PayDecision::Pay => {}
+    }
+    let at = now();
+    sqlx::query("UPDATE invoices SET status = 'paid', paid_at = $2 WHERE id = $1")
+        .bind(id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    let event = Event::InvoicePaid(InvoicePaid {
+        event_id: Uuid::now_v7(),
+        invoice_id: id,
+        order_id: invoice.order_id,
+        paid_at: at,
+    });
+    outbox::enqueue(&mut tx, &event, cause).await?;
+    tx.commit().await?;
+    invoice.status = InvoiceStatus::Paid;
+    invoice.paid_at = Some(at);
+    Ok((invoice, true))
+}
+
+/// Applies an `order.*` event exactly once.
+pub async fn apply_order_event(
+    pool: &PgPool,
+    event: &Event,
+    terms: Duration,
+    cause: &Causation,
+) -> Result<(Handled, Effect), StoreError> {
+    let order_id = match event {
+        Event::OrderCreated(e) => e.order_id,
+        Event::OrderCanceled(e) => e.order_id,
+        other => return Err(StoreError::WrongEvent(other.routing_key())),
+    };
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?;
+    if !outbox::first_delivery(&mut tx, event.event_id(), event.routing_key()).await? {
+        return Ok((Handled::Duplicate, Effect::Nothing));
+    }
+    let effect = match event {
+        Event::OrderCreated(e) => issue(&mut tx, e, terms, cause).await?,
+        Event::OrderCanceled(e) => void(&mut tx, e, cause).await?,
+        _ => Effect::Nothing,
+    };
+    tx.commit().await?;
+    Ok((Handled::Applied, effect))
+}
+
+async fn issue(
+    tx: &mut PgConnection,
+    e: &OrderCreated,
+    terms: Duration,
+    cause: &Causation,
+) -> Result<Effect, StoreError> {
+    if !domain_valid(e) {
+        return Err(StoreError::InvalidEvent(format!(
+            "order.created {} has an invalid currency or amount",
+            e.event_id
+        )));
+    }
+    let canceled: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT canceled_at FROM canceled_orders WHERE order_id = $1")
+            .bind(e.order_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let issued_at = now();
+    let sequence: i64 = sqlx::query_scalar("SELECT nextval('invoice_number_seq')")
+        .fetch_one(&mut *tx)
+        .await?;
+    let number = domain::invoice_number(issued_at, sequence);
+    let id = Uuid::now_v7();
+    let due_at = domain::due_at(issued_at, terms);
+    let status = if canceled.is_some() {
+        InvoiceStatus::Void
+    } else {
+        InvoiceStatus::Issued
+    };
+    let inserted = sqlx::query(
+        "INSERT INTO invoices (id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, voided_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(&number)
+    .bind(e.order_id)
+    .bind(e.customer_id)
+    .bind(&e.currency)
+    .bind(e.total_cents)
+    .bind(status.as_str())
+    .bind(issued_at)
+    .bind(due_at)
+    .bind(canceled.map(|_| issued_at))
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        // A second order.created for the same order under another event id: one invoice.
+        return Ok(Effect::Nothing);
+    }
+    let event = match canceled {
+        None => Event::InvoiceIssued(InvoiceIssued {
+            event_id: Uuid::now_v7(),
+            invoice_id: id,
+            order_id: e.order_id,
+            number,
+            currency: e.currency.clone(),
+            amount_cents: e.total_cents,
+            issued_at,
+            due_at,
+        }),
+        Some(_) => Event::InvoiceVoided(InvoiceVoided {
+            event_id: Uuid::now_v7(),
+            invoice_id: id,
+            order_id: e.order_id,
+            voided_at: issued_at,
+        }),
+    };
+    outbox::enqueue(&mut *tx, &event, cause).await?;
+    Ok(if canceled.is_some() {
+        Effect::IssuedVoid
+    } else {
+        Effect::Issued
+    })
+}
+
+fn domain_valid(e: &OrderCreated) -> bool {
+    e.total_cents >= 0
+        && e.currency.len() == 3
+        && e.currency.bytes().all(|b| b.is_ascii_uppercase())
+}
+
+async fn void(
+    tx: &mut PgConnection,
+    e: &OrderCanceled,
+    cause: &Causation,
+) -> Result<Effect, StoreError> {
+    let row: Option<InvoiceRow> = sqlx::query_as(LOCK_BY_ORDER)
+        .bind(e.order_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let Some(invoice) = row.map(Invoice::try_from).transpose()? else {
+        sqlx::query("INSERT INTO canceled_orders (order_id, canceled_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(e.order_id)
+            .bind(e.canceled_at)
+            .execute(&mut *tx)
+            .await?;
+        return Ok(Effect::Tombstoned);
+    };
+    if !invoice.status.voided_by_cancel() {
+        return Ok(Effect::Nothing);
+    }
+    let at = now();
+    sqlx::query("UPDATE invoices SET status = 'void', voided_at = $2 WHERE id = $1")
+        .bind(invoice.id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    let event = Event::InvoiceVoided(InvoiceVoided {
+        event_id: Uuid::now_v7(),
+        invoice_id: invoice.id,
+        order_id: e.order_id,
+        voided_at: at,
+    });
+    outbox::enqueue(&mut *tx, &event, cause).await?;
+    Ok(Effect::Voided)
+}
