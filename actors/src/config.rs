@@ -45,6 +45,11 @@ impl Vars {
         self.0.insert(key.into(), value.into());
     }
 
+    /// Every variable, e.g. to hand to a child process.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     fn raw(&self, var: &str) -> Option<&str> {
         self.0
             .get(var)

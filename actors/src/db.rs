@@ -107,13 +107,14 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
         // Class 08 (connection), 57P (operator intervention, e.g. terminated backend),
-        // 53 (insufficient resources), 40001/40P01 (serialization failure, deadlock).
+        // 53 (insufficient resources), 40001/40P01 (serialization failure, deadlock),
+        // 55000/3D000 (the database refuses new connections, e.g. during maintenance, or is
+        // not there).
         sqlx::Error::Database(e) => e.code().is_some_and(|c| {
             c.starts_with("08")
                 || c.starts_with("57P")
                 || c.starts_with("53")
-                || c == "40001"
-                || c == "40P01"
+                || ["40001", "40P01", "55000", "3D000"].contains(&c.as_ref())
         }),
         _ => false,
     }

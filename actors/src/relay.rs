@@ -171,7 +171,7 @@ impl Actor for OutboxRelay {
                     .saturating_mul(1u32 << state.failures.saturating_sub(1).min(16))
                     .min(state.args.backoff_max);
                 state.next_attempt = Instant::now() + delay;
-                if state.failures == 1 || state.failures % 20 == 0 {
+                if state.failures == 1 || state.failures.is_multiple_of(20) {
                     tracing::warn!(error = %e, failures = state.failures, retry_in = ?delay, "outbox relay cannot publish; events wait in the outbox");
                 }
             }
@@ -195,10 +195,10 @@ async fn drain(state: &mut RelayState) -> Result<(), RelayError> {
 }
 
 async fn confirm_channel(state: &mut RelayState) -> Result<Channel, RelayError> {
-    if let Some(channel) = &state.channel {
-        if channel.status().connected() {
-            return Ok(channel.clone());
-        }
+    if let Some(channel) = &state.channel
+        && channel.status().connected()
+    {
+        return Ok(channel.clone());
     }
     let channel = open_channel(&state.args.link).await?;
     channel

@@ -254,14 +254,14 @@ pub fn decode_delivery(delivery: &Delivery) -> Result<Event, String> {
         .map(|k| k.as_str().to_owned())
         .unwrap_or_else(|| delivery.routing_key.as_str().to_owned());
     let event = contracts::decode(&event_type, &delivery.data).map_err(|e| e.to_string())?;
-    if let Some(message_id) = props.message_id() {
-        if message_id.as_str() != event.event_id().to_string() {
-            return Err(format!(
-                "message_id {} does not match event_id {}",
-                message_id.as_str(),
-                event.event_id()
-            ));
-        }
+    if let Some(message_id) = props.message_id()
+        && message_id.as_str() != event.event_id().to_string()
+    {
+        return Err(format!(
+            "message_id {} does not match event_id {}",
+            message_id.as_str(),
+            event.event_id()
+        ));
     }
     if let Some(version) = props
         .headers()

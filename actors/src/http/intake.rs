@@ -112,10 +112,10 @@ impl Actor for HttpIntake {
         if let Some(tx) = state.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(server) = state.server.take() {
-            if tokio::time::timeout(state.grace, server).await.is_err() {
-                tracing::warn!("HTTP requests still in flight after the grace period");
-            }
+        if let Some(server) = state.server.take()
+            && tokio::time::timeout(state.grace, server).await.is_err()
+        {
+            tracing::warn!("HTTP requests still in flight after the grace period");
         }
         Ok(())
     }

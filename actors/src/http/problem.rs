@@ -20,27 +20,35 @@ impl FieldError {
     }
 }
 
-/// A problem+json error response.
-#[derive(Debug, Clone, Serialize)]
+/// A problem+json error response. Kept small (static slug and title) because it travels
+/// as the `Err` of every request-handling `Result`.
+#[derive(Debug, Clone)]
 pub struct Problem {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
+    /// The last segment of the `type` URL, e.g. `validation`.
+    pub slug: &'static str,
     pub status: u16,
     pub detail: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
-    #[serde(skip)]
     pub retry_after: Option<u32>,
-    #[serde(skip)]
     pub allow: Option<&'static str>,
 }
 
+/// The wire form of a [`Problem`] (RFC 9457 members).
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
 impl Problem {
-    pub fn new(status: StatusCode, slug: &str, detail: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, slug: &'static str, detail: impl Into<String>) -> Self {
         Self {
-            kind: format!("https://errors.orders-invoices.dev/{slug}"),
-            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            slug,
             status: status.as_u16(),
             detail: detail.into(),
             errors: Vec::new(),
@@ -58,12 +66,14 @@ impl Problem {
     pub fn not_found(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not-found", detail)
     }
-    pub fn method_not_allowed(allowed: &str) -> Self {
-        Self::new(
+    pub fn method_not_allowed(allowed: &'static str) -> Self {
+        let mut p = Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
-            format!("allowed: {allowed}"),
-        )
+            format!("this route allows {allowed}"),
+        );
+        p.allow = Some(allowed);
+        p
     }
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", detail)
@@ -91,7 +101,7 @@ impl Problem {
         p.errors = errors;
         p
     }
-    pub fn unprocessable(slug: &str, detail: impl Into<String>) -> Self {
+    pub fn unprocessable(slug: &'static str, detail: impl Into<String>) -> Self {
         Self::new(StatusCode::UNPROCESSABLE_ENTITY, slug, detail)
     }
     /// The database (or another dependency) cannot serve right now.
@@ -113,9 +123,17 @@ impl Problem {
     }
 
     pub fn into_response(self) -> Response {
-        let body = serde_json::to_string(&self).unwrap_or_default();
+        let status = self.status();
+        let body = serde_json::to_string(&ProblemBody {
+            kind: format!("https://errors.orders-invoices.dev/{}", self.slug),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: self.status,
+            detail: &self.detail,
+            errors: &self.errors,
+        })
+        .unwrap_or_default();
         let mut response = warp::http::Response::new(body).into_response();
-        *response.status_mut() = self.status();
+        *response.status_mut() = status;
         let headers = response.headers_mut();
         headers.insert(
             "content-type",

@@ -1,0 +1,440 @@
+//! Test support shared by every integration test: each test gets its own PostgreSQL
+//! databases and its own RabbitMQ vhost (so the suite runs in parallel and one test's
+//! faults never reach another), removed again when the [`TestEnv`] drops.
+//!
+//! Everything here talks to the real services on localhost; nothing is mocked.
+
+#![allow(clippy::unwrap_used)] // test support: a failed setup step should fail the test loudly
+
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use actors::config::Vars;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use serde_json::Value;
+
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (is RabbitMQ installed?)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One test's isolated slice of the real services.
+pub struct TestEnv {
+    pub id: String,
+    pub vhost: String,
+    databases: Mutex<Vec<String>>,
+}
+
+impl TestEnv {
+    /// Creates a fresh vhost (databases are created by the nodes themselves on start-up).
+    pub fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let vhost = format!("t-{id}");
+        rabbitmqctl(&["add_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        Self {
+            id,
+            vhost,
+            databases: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.vhost)
+    }
+
+    /// The database name of `node` in this env (always the same), dropped with the env.
+    pub fn database(&self, node: &str) -> String {
+        let name = format!("t_{}_{}", self.id, node.replace('-', "_"));
+        let mut dbs = self.databases.lock().unwrap();
+        if !dbs.contains(&name) {
+            dbs.push(name.clone());
+        }
+        name
+    }
+
+    pub fn database_url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{db}")
+    }
+
+    /// Variables for a node in this env: its own database, this vhost, port 0, and short
+    /// timings so tests are quick.
+    pub fn vars(&self, node: &str) -> Vars {
+        let db = self.database(node);
+        Vars::from_pairs([
+            ("HTTP_ADDR", "127.0.0.1:0".to_owned()),
+            ("DATABASE_URL", self.database_url(&db)),
+            ("DATABASE_POOL_SIZE", "4".to_owned()),
+            ("AMQP_URL", self.amqp_url()),
+            ("AMQP_HEARTBEAT", "2s".to_owned()),
+            ("RECONNECT_BACKOFF_MIN", "50ms".to_owned()),
+            ("RECONNECT_BACKOFF_MAX", "1s".to_owned()),
+            ("OUTBOX_POLL_INTERVAL", "200ms".to_owned()),
+            ("SHUTDOWN_GRACE", "3s".to_owned()),
+            ("CONSUMER_MAX_ATTEMPTS", "3".to_owned()),
+        ])
+    }
+
+    /// Closes every client connection to this test's vhost (and no other).
+    pub fn close_broker_connections(&self) {
+        rabbitmqctl(&[
+            "close_all_connections",
+            "-p",
+            &self.vhost,
+            "test: connections closed under the node",
+        ]);
+    }
+
+    pub async fn amqp(&self) -> Amqp {
+        let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
+            .await
+            .expect("test AMQP connection");
+        let channel = conn.create_channel().await.expect("test channel");
+        Amqp {
+            _conn: conn,
+            channel,
+        }
+    }
+
+    /// A direct connection to one of this env's databases.
+    pub async fn pg(&self, db: &str) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url(db))
+            .await
+            .expect("test database connection")
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.vhost])
+            .output();
+        for db in self.databases.lock().map(|d| d.clone()).unwrap_or_default() {
+            let _ = Command::new("psql")
+                .args([
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "postgres",
+                    "-c",
+                ])
+                .arg(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .output();
+        }
+    }
+}
+
+/// A test's own AMQP client, to publish raw messages and watch queues.
+pub struct Amqp {
+    _conn: Connection,
+    pub channel: Channel,
+}
+
+impl Amqp {
+    /// Publishes `body` as the contract does (properties and headers), or as a test wants to
+    /// break it.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) {
+        self.channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+    }
+
+    /// Publishes a contract event with the contract's properties.
+    pub async fn publish_event(&self, event: &contracts::Event) {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            contracts::topology::CONTRACT_VERSION_HEADER.into(),
+            AMQPValue::LongLongInt(1),
+        );
+        let props = BasicProperties::default()
+            .with_content_type(contracts::topology::CONTENT_TYPE.into())
+            .with_message_id(event.event_id().to_string().into())
+            .with_type(event.routing_key().into())
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        self.publish(
+            event.exchange(),
+            event.routing_key(),
+            &contracts::encode(event),
+            props,
+        )
+        .await;
+    }
+
+    /// Declares an exclusive queue bound to `exchange`/`pattern` and returns a receiver of
+    /// its deliveries (routing key, decoded event, properties).
+    pub async fn watch(
+        &self,
+        exchange: &str,
+        pattern: &str,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<lapin::message::Delivery> {
+        let q = self
+            .channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare watch queue");
+        // The topology may not exist yet if no node has connected.
+        self.channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare exchange");
+        self.channel
+            .queue_bind(
+                q.name().clone(),
+                exchange.into(),
+                pattern.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind watch queue");
+        let mut consumer = self
+            .channel
+            .basic_consume(
+                q.name().clone(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume watch queue");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(delivery)) = consumer.next().await {
+                if tx.send(delivery).is_err() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    /// Messages ready in `queue` right now.
+    pub async fn ready_count(&self, queue: &str) -> u32 {
+        self.channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|q| q.message_count())
+            .unwrap_or(0)
+    }
+}
+
+/// Polls `check` every 25 ms until it yields `Some`, failing the test after `within`.
+pub async fn eventually<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// An HTTP response as tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts this is a problem+json of `status` and returns it.
+    #[track_caller]
+    pub fn problem(&self, status: u16) -> &Value {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text
+        );
+        for field in ["type", "title", "status", "detail"] {
+            assert!(
+                self.body.get(field).is_some(),
+                "problem lacks {field}: {}",
+                self.text
+            );
+        }
+        assert_eq!(self.body["status"], status);
+        &self.body
+    }
+}
+
+/// A plain HTTP client for one node.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        Self {
+            base: format!("http://{addr}"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let resp = req.send().await.expect("HTTP request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Waits until the node reports its broker link connected (topology declared).
+    pub async fn wait_broker_connected(&self) {
+        eventually(
+            "the node's broker link",
+            Duration::from_secs(15),
+            || async {
+                (self.get("/health/ready").await.body["checks"]["broker"] == "connected")
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Reply {
+        self.send(self.request(reqwest::Method::POST, path).json(body))
+            .await
+    }
+
+    pub async fn post_empty(&self, path: &str) -> Reply {
+        self.send(self.request(reqwest::Method::POST, path)).await
+    }
+}
+
+/// The value of one sample in a Prometheus text exposition: the metric `name` whose labels
+/// include all of `labels` (label order does not matter). Sums when several match.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            continue;
+        }
+        let has_all = labels.iter().all(|(k, v)| {
+            label_text
+                .split(',')
+                .any(|pair| pair == format!("{k}=\"{v}\""))
+        });
+        if has_all {
+            *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
+        }
+    }
+    found
+}
+
+/// A valid order body.
+pub fn order_body() -> Value {
+    serde_json::json!({
+        "customer_id": uuid::Uuid::new_v4().to_string(),
+        "currency": "BRL",
+        "items": [{"sku": "BOOK-42", "quantity": 2, "unit_price_cents": 1500}]
+    })
+}

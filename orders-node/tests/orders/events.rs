@@ -1,0 +1,118 @@
+//! invoice.* events move orders forward only, once.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use contracts::{Event, InvoiceIssued, InvoicePaid};
+use testkit::{TestEnv, eventually, metric};
+use uuid::Uuid;
+
+use crate::{create_order, spawn_orders};
+
+fn issued(order_id: Uuid, invoice_id: Uuid) -> Event {
+    let now = Utc::now();
+    Event::InvoiceIssued(InvoiceIssued {
+        event_id: Uuid::new_v4(),
+        invoice_id,
+        order_id,
+        number: "INV-2026-000001".into(),
+        currency: "BRL".into(),
+        amount_cents: 3000,
+        issued_at: now,
+        due_at: now,
+    })
+}
+
+#[tokio::test]
+async fn status_moves_forward_only_whatever_the_order_or_repetition_of_events() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let (node, c) = spawn_orders(&env, &[]).await;
+    let order = create_order(&c).await;
+    let order_id: Uuid = order["id"].as_str().unwrap().parse().unwrap();
+    let invoice_id = Uuid::new_v4();
+    let path = format!("/orders/{order_id}");
+
+    let first = issued(order_id, invoice_id);
+    amqp.publish_event(&first).await;
+    amqp.publish_event(&first).await; // redelivery of the same event
+    eventually("invoiced", Duration::from_secs(10), || async {
+        (c.get(&path).await.body["status"] == "invoiced").then_some(())
+    })
+    .await;
+    assert_eq!(
+        c.get(&path).await.body["invoice_id"],
+        invoice_id.to_string()
+    );
+
+    let paid = Event::InvoicePaid(InvoicePaid {
+        event_id: Uuid::new_v4(),
+        invoice_id,
+        order_id,
+        paid_at: Utc::now(),
+    });
+    amqp.publish_event(&paid).await;
+    eventually("paid", Duration::from_secs(10), || async {
+        (c.get(&path).await.body["status"] == "paid").then_some(())
+    })
+    .await;
+
+    // A late invoice.issued (reordered, new event id) does not move it back.
+    amqp.publish_event(&issued(order_id, invoice_id)).await;
+    let consumed = || async {
+        let metrics = c.get("/metrics").await.text;
+        let processed = metric(
+            &metrics,
+            "messages_consumed_total",
+            &[("outcome", "processed")],
+        )
+        .unwrap_or(0.0);
+        let duplicate = metric(
+            &metrics,
+            "messages_consumed_total",
+            &[("outcome", "duplicate")],
+        )
+        .unwrap_or(0.0);
+        (processed == 3.0 && duplicate == 1.0).then_some(())
+    };
+    eventually(
+        "all four deliveries handled",
+        Duration::from_secs(10),
+        consumed,
+    )
+    .await;
+    assert_eq!(c.get(&path).await.body["status"], "paid");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_event_for_an_unknown_order_is_dead_lettered_and_consumption_goes_on() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let (node, c) = spawn_orders(&env, &[]).await;
+    amqp.publish_event(&issued(Uuid::new_v4(), Uuid::new_v4()))
+        .await;
+    amqp.publish(
+        contracts::topology::INVOICES_EXCHANGE,
+        "invoice.paid",
+        b"\x00garbage",
+        lapin::BasicProperties::default().with_type("invoice.paid".into()),
+    )
+    .await;
+    let dlq = contracts::topology::dead_letter_queue(contracts::topology::ORDERS_NODE_QUEUE);
+    eventually(
+        "two messages in the DLQ",
+        Duration::from_secs(10),
+        || async { (amqp.ready_count(&dlq).await == 2).then_some(()) },
+    )
+    .await;
+
+    let order = create_order(&c).await;
+    let order_id: Uuid = order["id"].as_str().unwrap().parse().unwrap();
+    amqp.publish_event(&issued(order_id, Uuid::new_v4())).await;
+    eventually("still consuming", Duration::from_secs(10), || async {
+        (c.get(&format!("/orders/{order_id}")).await.body["status"] == "invoiced").then_some(())
+    })
+    .await;
+    node.shutdown().await;
+}

@@ -1,0 +1,38 @@
+//! orders-node against the real PostgreSQL and RabbitMQ, through real HTTP. Each test has
+//! its own database and vhost (`testkit::TestEnv`), so they run in parallel.
+
+#![allow(clippy::unwrap_used)]
+
+mod cancel;
+mod events;
+mod idempotency;
+mod listing;
+mod operations;
+mod system;
+mod validation;
+
+use orders_node::{OrdersConfig, OrdersNode};
+use testkit::{Client, TestEnv};
+
+/// Starts an orders-node in `env` (with `extra` variables on top of the env's).
+pub async fn spawn_orders(env: &TestEnv, extra: &[(&str, &str)]) -> (OrdersNode, Client) {
+    let mut vars = env.vars("orders");
+    for (k, v) in extra {
+        vars.set(*k, *v);
+    }
+    let node = OrdersNode::build(OrdersConfig::from_vars(&vars).unwrap())
+        .await
+        .expect("orders-node starts");
+    let client = Client::new(node.addr());
+    if !extra.iter().any(|(k, _)| *k == "AMQP_URL") {
+        client.wait_broker_connected().await;
+    }
+    (node, client)
+}
+
+/// Creates an order and returns its body.
+pub async fn create_order(client: &Client) -> serde_json::Value {
+    let reply = client.post_json("/orders", &testkit::order_body()).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    reply.body
+}

@@ -1,0 +1,173 @@
+//! Health, readiness, metrics, the actor tree, and behaviour when a dependency is down.
+
+use std::time::Duration;
+
+use testkit::{TestEnv, eventually, metric};
+
+use crate::{create_order, spawn_orders};
+
+#[tokio::test]
+async fn health_ready_metrics_and_actors_describe_the_node() {
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[]).await;
+    let health = c.get("/health").await;
+    assert_eq!((health.status, health.text.as_str()), (200, "OK"));
+    let ready = eventually(
+        "ready with the broker connected",
+        Duration::from_secs(10),
+        || async {
+            let r = c.get("/health/ready").await;
+            (r.status == 200 && r.body["checks"]["broker"] == "connected").then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(ready.body["checks"]["database"], "up");
+
+    create_order(&c).await;
+    let metrics = c.get("/metrics").await;
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let m = |name: &str, labels: &[(&str, &str)]| metric(&metrics.text, name, labels);
+    assert_eq!(
+        m(
+            "http_requests_total",
+            &[
+                ("route", "/orders"),
+                ("method", "POST"),
+                ("status", "201"),
+                ("node", "orders-node")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m(
+            "http_request_duration_seconds_count",
+            &[("route", "/orders"), ("method", "POST")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        m(
+            "domain_events_total",
+            &[("entity", "order"), ("outcome", "created")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(m("amqp_connection_up", &[]), Some(1.0));
+    assert!(
+        m("outbox_pending_events", &[]).is_some(),
+        "{}",
+        metrics.text
+    );
+    eventually(
+        "order.created published",
+        Duration::from_secs(10),
+        || async {
+            let text = c.get("/metrics").await.text;
+            (metric(
+                &text,
+                "messages_published_total",
+                &[
+                    ("exchange", "orders.events"),
+                    ("routing_key", "order.created"),
+                ],
+            ) == Some(1.0))
+            .then_some(())
+        },
+    )
+    .await;
+
+    let actors = c.get("/actors").await;
+    let root = &actors.body["actors"][0];
+    assert_eq!(root["name"], "orders-node");
+    let names: Vec<&str> = root["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "amqp-link",
+        "consumer",
+        "http-intake",
+        "outbox-relay",
+        "store",
+    ] {
+        assert!(names.contains(&expected), "{expected} missing: {names:?}");
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_the_broker_unreachable_orders_are_still_accepted_and_ready() {
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")]).await;
+    let created = create_order(&c).await;
+    assert_eq!(created["status"], "pending");
+    let ready = c.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_ne!(ready.body["checks"]["broker"], "connected");
+    eventually(
+        "backlog of one reported",
+        Duration::from_secs(5),
+        || async {
+            (metric(&c.get("/metrics").await.text, "outbox_pending_events", &[]) == Some(1.0))
+                .then_some(())
+        },
+    )
+    .await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn with_the_database_refusing_connections_requests_get_503_with_retry_after() {
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[]).await;
+    let db = env.database("orders");
+    let admin = sqlx::PgPool::connect(testkit::PG_ADMIN_URL).await.unwrap();
+    // Scoped to this test's database: refuse new connections and drop the existing ones.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db)
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    let r = eventually(
+        "503 while the database is away",
+        Duration::from_secs(15),
+        || async {
+            let r = c.post_json("/orders", &testkit::order_body()).await;
+            (r.status == 503).then_some(r)
+        },
+    )
+    .await;
+    r.problem(503);
+    assert!(r.header("retry-after").is_some());
+    let ready = c.get("/health/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(ready.body["checks"]["database"], "down");
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    eventually("serving again", Duration::from_secs(15), || async {
+        (c.post_json("/orders", &testkit::order_body()).await.status == 201).then_some(())
+    })
+    .await;
+    admin.close().await;
+    node.shutdown().await;
+}

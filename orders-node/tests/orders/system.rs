@@ -1,0 +1,306 @@
+//! Both nodes together through the real broker: the whole order → invoice lifecycle, and
+//! the promises under failure (panic, closed connections, SIGKILL).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use invoices_node::{InvoicesConfig, InvoicesNode};
+use serde_json::Value;
+use testkit::{Client, TestEnv, eventually, metric};
+
+use crate::{create_order, spawn_orders};
+
+async fn spawn_invoices(env: &TestEnv) -> (InvoicesNode, Client) {
+    let node = InvoicesNode::build(InvoicesConfig::from_vars(&env.vars("invoices")).unwrap())
+        .await
+        .expect("invoices-node starts");
+    let client = Client::new(node.addr());
+    client.wait_broker_connected().await;
+    (node, client)
+}
+
+async fn wait_status(c: &Client, order_id: &str, status: &str) -> Value {
+    eventually(
+        &format!("order {order_id} {status}"),
+        Duration::from_secs(15),
+        || async {
+            let r = c.get(&format!("/orders/{order_id}")).await;
+            (r.body["status"] == status).then_some(r.body)
+        },
+    )
+    .await
+}
+
+async fn invoices_of(c: &Client, order_id: &str) -> Vec<Value> {
+    c.get(&format!("/invoices?order_id={order_id}")).await.body["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_order_is_invoiced_paid_and_the_order_follows() {
+    let env = TestEnv::new();
+    let (invoices, ic) = spawn_invoices(&env).await;
+    let (orders, oc) = spawn_orders(&env, &[]).await;
+
+    let started = Instant::now();
+    let order = create_order(&oc).await;
+    let id = order["id"].as_str().unwrap();
+    let invoiced = wait_status(&oc, id, "invoiced").await;
+    println!("order → invoiced in {:?}", started.elapsed());
+
+    let invoice = invoices_of(&ic, id).await.pop().expect("one invoice");
+    assert_eq!(invoiced["invoice_id"], invoice["id"]);
+    assert_eq!(invoice["status"], "issued");
+    assert_eq!(invoice["amount_cents"], 3000);
+    assert_eq!(invoice["currency"], "BRL");
+    assert_eq!(invoice["customer_id"], order["customer_id"]);
+    assert!(
+        invoice["number"].as_str().unwrap().starts_with("INV-2026-"),
+        "{invoice}"
+    );
+    let issued: chrono::DateTime<chrono::Utc> =
+        invoice["issued_at"].as_str().unwrap().parse().unwrap();
+    let due: chrono::DateTime<chrono::Utc> = invoice["due_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(due - issued, chrono::Duration::days(30));
+
+    let paid = ic
+        .post_empty(&format!(
+            "/invoices/{}/pay",
+            invoice["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(
+        (paid.status, paid.body["status"].as_str()),
+        (200, Some("paid")),
+        "{}",
+        paid.text
+    );
+    assert!(paid.body["paid_at"].is_string());
+    wait_status(&oc, id, "paid").await;
+    oc.post_empty(&format!("/orders/{id}/cancel"))
+        .await
+        .problem(409);
+    orders.shutdown().await;
+    invoices.shutdown().await;
+}
+
+#[tokio::test]
+async fn canceling_voids_the_invoice_whether_it_exists_yet_or_not() {
+    let env = TestEnv::new();
+    let (orders, oc) = spawn_orders(&env, &[]).await;
+
+    // Before the invoice exists: invoices-node is not running yet.
+    let early = create_order(&oc).await;
+    let early_id = early["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        oc.post_empty(&format!("/orders/{early_id}/cancel"))
+            .await
+            .status,
+        200
+    );
+
+    let (invoices, ic) = spawn_invoices(&env).await;
+    let void = eventually(
+        "the early order's invoice is void",
+        Duration::from_secs(15),
+        || async {
+            invoices_of(&ic, &early_id)
+                .await
+                .pop()
+                .filter(|i| i["status"] == "void")
+        },
+    )
+    .await;
+    ic.post_empty(&format!("/invoices/{}/pay", void["id"].as_str().unwrap()))
+        .await
+        .problem(409);
+
+    // After the invoice exists.
+    let late = create_order(&oc).await;
+    let late_id = late["id"].as_str().unwrap().to_owned();
+    wait_status(&oc, &late_id, "invoiced").await;
+    assert_eq!(
+        oc.post_empty(&format!("/orders/{late_id}/cancel"))
+            .await
+            .status,
+        200
+    );
+    eventually(
+        "the late order's invoice is void",
+        Duration::from_secs(15),
+        || async {
+            invoices_of(&ic, &late_id)
+                .await
+                .pop()
+                .filter(|i| i["status"] == "void")
+        },
+    )
+    .await;
+    assert_eq!(invoices_of(&ic, &late_id).await.len(), 1);
+    assert_eq!(
+        oc.get(&format!("/orders/{late_id}")).await.body["status"],
+        "canceled"
+    );
+    orders.shutdown().await;
+    invoices.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_panicking_actor_is_restarted_and_the_node_keeps_serving() {
+    let env = TestEnv::new();
+    let (invoices, ic) = spawn_invoices(&env).await;
+    let (orders, oc) = spawn_orders(&env, &[]).await;
+    for _ in 0..3 {
+        assert!(orders.inject_store_panic());
+        assert!(invoices.inject_store_panic());
+    }
+    let restarted = |c: Client, node: &'static str| async move {
+        let tree = c.get("/actors").await.body;
+        let store = tree["actors"][0]["children"]
+            .as_array()?
+            .iter()
+            .find(|a| a["name"] == "store")?
+            .clone();
+        let restarts: u64 = store["children"]
+            .as_array()?
+            .iter()
+            .filter_map(|w| w["restarts"].as_u64())
+            .sum();
+        let all_running = store["children"]
+            .as_array()?
+            .iter()
+            .all(|w| w["state"] == "running");
+        (restarts >= 3 && all_running).then_some(format!("{node}: {restarts} restarts"))
+    };
+    eventually("orders workers restarted", Duration::from_secs(10), || {
+        restarted(oc.clone(), "orders")
+    })
+    .await;
+    eventually(
+        "invoices workers restarted",
+        Duration::from_secs(10),
+        || restarted(ic.clone(), "invoices"),
+    )
+    .await;
+    let metrics = oc.get("/metrics").await.text;
+    assert!(
+        metrics.contains("actor_restarts_total{actor=\"orders-node/store/worker-"),
+        "{metrics}"
+    );
+
+    let order = create_order(&oc).await;
+    wait_status(&oc, order["id"].as_str().unwrap(), "invoiced").await;
+    assert_eq!(oc.get("/health/ready").await.status, 200);
+    orders.shutdown().await;
+    invoices.shutdown().await;
+}
+
+#[tokio::test]
+async fn closing_the_broker_connections_under_the_nodes_they_recover_by_themselves() {
+    let env = TestEnv::new();
+    let (invoices, ic) = spawn_invoices(&env).await;
+    let (orders, oc) = spawn_orders(&env, &[]).await;
+    let first = create_order(&oc).await;
+    wait_status(&oc, first["id"].as_str().unwrap(), "invoiced").await;
+
+    env.close_broker_connections();
+    // Accepted while the links reconnect: the outbox holds the event.
+    let second = create_order(&oc).await;
+    wait_status(&oc, second["id"].as_str().unwrap(), "invoiced").await;
+    for c in [&oc, &ic] {
+        let metrics = c.get("/metrics").await.text;
+        let connects = metric(&metrics, "amqp_connects_total", &[("outcome", "ok")]).unwrap_or(0.0);
+        assert!(connects >= 2.0, "expected a reconnect:\n{metrics}");
+    }
+    assert_eq!(
+        invoices_of(&ic, second["id"].as_str().unwrap()).await.len(),
+        1
+    );
+    orders.shutdown().await;
+    invoices.shutdown().await;
+}
+
+/// Kills the child on drop, so a failing test leaves no process behind.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_orders_process(env: &TestEnv, port: u16) -> Process {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orders-node"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env.vars("orders").iter() {
+        cmd.env(k, v);
+    }
+    cmd.env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    Process(cmd.spawn().expect("orders-node binary starts"))
+}
+
+#[tokio::test]
+async fn orders_accepted_before_a_sigkill_are_all_invoiced_exactly_once() {
+    let env = TestEnv::new();
+    let port = free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let oc = Client::new(addr);
+    let mut process = start_orders_process(&env, port);
+    eventually(
+        "orders-node process up",
+        Duration::from_secs(30),
+        || async {
+            let ok = reqwest::get(format!("http://{addr}/health"))
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            ok.then_some(())
+        },
+    )
+    .await;
+
+    let requests = (0..25).map(|_| {
+        let oc = oc.clone();
+        async move { oc.post_json("/orders", &testkit::order_body()).await }
+    });
+    let replies = futures_util::future::join_all(requests).await;
+    // SIGKILL right after the 201s: no graceful anything.
+    process.0.kill().expect("SIGKILL");
+    process.0.wait().expect("reaped");
+    let accepted: Vec<String> = replies
+        .iter()
+        .filter(|r| r.status == 201)
+        .map(|r| r.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(accepted.len(), 25, "all were accepted before the kill");
+
+    let _restarted = start_orders_process(&env, port);
+    let (invoices, ic) = spawn_invoices(&env).await;
+    for id in &accepted {
+        wait_status(&oc, id, "invoiced").await;
+    }
+    for id in &accepted {
+        assert_eq!(
+            invoices_of(&ic, id).await.len(),
+            1,
+            "exactly one invoice for {id}"
+        );
+    }
+    let all = ic.get("/invoices?limit=200").await;
+    assert_eq!(all.body["items"].as_array().unwrap().len(), 25);
+    invoices.shutdown().await;
+}
