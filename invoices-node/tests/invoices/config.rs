@@ -1,0 +1,34 @@
+//! A bad configuration value stops the real binary at start-up with one line naming it.
+
+use std::process::Command;
+
+#[test]
+fn a_bad_value_stops_the_binary_with_one_line_naming_the_variable() {
+    for (var, value) in [
+        ("PAYMENT_TERMS", "soon"),
+        ("HTTP_ADDR", "everywhere"),
+        ("AMQP_PREFETCH", "0"),
+        ("DATABASE_URL", "mysql://x"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_invoices-node"))
+            .env(var, value)
+            .output()
+            .expect("binary runs");
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
+}
+
+#[test]
+fn an_unreachable_database_stops_the_binary_with_one_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_invoices-node"))
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/invoices")
+        .env("HTTP_ADDR", "127.0.0.1:0")
+        .output()
+        .expect("binary runs");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot reach PostgreSQL"), "{stderr}");
+}

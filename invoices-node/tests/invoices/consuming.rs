@@ -1,0 +1,286 @@
+//! order.* events: exactly one invoice per order, voiding, poison messages.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use lapin::types::AMQPValue;
+use testkit::{TestEnv, eventually, metric};
+use uuid::Uuid;
+
+use contracts::{Event, topology};
+
+use crate::{invoices_of, order_canceled, order_created, spawn_invoices};
+
+#[tokio::test]
+async fn an_order_gets_one_invoice_and_an_invoice_issued_event_with_the_contract_envelope() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let mut out = amqp.watch(topology::INVOICES_EXCHANGE, "invoice.*").await;
+    let (node, c) = spawn_invoices(&env, &[("PAYMENT_TERMS", "7d")]).await;
+
+    let order_id = Uuid::new_v4();
+    let created = order_created(order_id);
+    amqp.publish_event(&created).await;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), out.recv())
+        .await
+        .expect("invoice.issued published")
+        .unwrap();
+
+    let props = &delivery.properties;
+    assert_eq!(delivery.routing_key.as_str(), "invoice.issued");
+    assert_eq!(
+        props.kind().as_ref().map(|s| s.as_str()),
+        Some("invoice.issued")
+    );
+    assert_eq!(
+        props.content_type().as_ref().map(|s| s.as_str()),
+        Some("application/msgpack")
+    );
+    assert_eq!(
+        props.app_id().as_ref().map(|s| s.as_str()),
+        Some("invoices-node")
+    );
+    assert_eq!(*props.delivery_mode(), Some(2));
+    assert!(props.timestamp().is_some());
+    let headers = props.headers().as_ref().unwrap().inner();
+    assert_eq!(
+        headers.get("contract-version"),
+        Some(&AMQPValue::LongLongInt(1))
+    );
+    let Event::InvoiceIssued(issued) = contracts::decode("invoice.issued", &delivery.data).unwrap()
+    else {
+        panic!("not invoice.issued")
+    };
+    assert_eq!(
+        props.message_id().as_ref().map(|s| s.to_string()),
+        Some(issued.event_id.to_string())
+    );
+    assert_eq!(issued.order_id, order_id);
+    assert_eq!(issued.amount_cents, 750);
+    assert_eq!(issued.currency, "EUR");
+    assert_eq!(issued.due_at - issued.issued_at, chrono::Duration::days(7));
+
+    let invoices = invoices_of(&c, order_id).await;
+    assert_eq!(invoices.len(), 1);
+    assert_eq!(invoices[0]["id"], issued.invoice_id.to_string());
+    assert_eq!(invoices[0]["number"], issued.number);
+    assert_eq!(invoices[0]["status"], "issued");
+    assert_eq!(invoices[0]["paid_at"], serde_json::Value::Null);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn redelivered_order_created_makes_exactly_one_invoice() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let (node, c) = spawn_invoices(&env, &[]).await;
+    let order_id = Uuid::new_v4();
+    let created = order_created(order_id);
+    for _ in 0..5 {
+        amqp.publish_event(&created).await;
+    }
+    // Even a second order.created for the same order under another event id.
+    amqp.publish_event(&order_created(order_id)).await;
+    eventually(
+        "all six deliveries handled",
+        Duration::from_secs(10),
+        || async {
+            let m = c.get("/metrics").await.text;
+            let processed =
+                metric(&m, "messages_consumed_total", &[("outcome", "processed")]).unwrap_or(0.0);
+            let duplicate =
+                metric(&m, "messages_consumed_total", &[("outcome", "duplicate")]).unwrap_or(0.0);
+            (processed + duplicate == 6.0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(invoices_of(&c, order_id).await.len(), 1);
+    let m = c.get("/metrics").await.text;
+    assert_eq!(
+        metric(&m, "messages_consumed_total", &[("outcome", "duplicate")]),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "domain_events_total",
+            &[("entity", "invoice"), ("outcome", "issued")]
+        ),
+        Some(1.0)
+    );
+
+    // Numbers are unique and increasing.
+    let mut numbers = Vec::new();
+    for _ in 0..3 {
+        let id = Uuid::new_v4();
+        amqp.publish_event(&order_created(id)).await;
+        let inv = eventually("invoice", Duration::from_secs(10), || async {
+            invoices_of(&c, id).await.pop()
+        })
+        .await;
+        numbers.push(inv["number"].as_str().unwrap().to_owned());
+    }
+    let mut sorted = numbers.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted, numbers, "increasing and unique: {numbers:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn poison_messages_land_in_the_dlq_and_the_node_goes_on() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let (node, c) = spawn_invoices(&env, &[]).await;
+    let typed = |t: &str| BasicProperties::default().with_type(t.into());
+
+    amqp.publish(
+        topology::ORDERS_EXCHANGE,
+        "order.created",
+        b"\x93not a map",
+        typed("order.created"),
+    )
+    .await;
+    amqp.publish(
+        topology::ORDERS_EXCHANGE,
+        "order.created",
+        &rmp_serde::to_vec_named(&serde_json::json!({"event_id": Uuid::new_v4().to_string()}))
+            .unwrap(),
+        typed("order.created"),
+    )
+    .await;
+    amqp.publish(
+        topology::ORDERS_EXCHANGE,
+        "order.shipped",
+        &[0x80],
+        typed("order.shipped"),
+    )
+    .await;
+    let created = order_created(Uuid::new_v4());
+    amqp.publish(
+        topology::ORDERS_EXCHANGE,
+        "order.created",
+        &contracts::encode(&created),
+        typed("order.created").with_message_id(Uuid::new_v4().to_string().into()),
+    )
+    .await;
+    amqp.publish(
+        topology::ORDERS_EXCHANGE,
+        "order.created",
+        &vec![0u8; contracts::MAX_MESSAGE_BYTES + 1],
+        typed("order.created"),
+    )
+    .await;
+    let mut bad_money = order_created(Uuid::new_v4());
+    if let contracts::Event::OrderCreated(e) = &mut bad_money {
+        e.currency = "euro".into();
+    }
+    amqp.publish_event(&bad_money).await;
+
+    let dlq = topology::dead_letter_queue(topology::INVOICES_NODE_QUEUE);
+    eventually(
+        "six messages dead-lettered",
+        Duration::from_secs(15),
+        || async { (amqp.ready_count(&dlq).await == 6).then_some(()) },
+    )
+    .await;
+    let m = c.get("/metrics").await.text;
+    assert_eq!(
+        metric(
+            &m,
+            "messages_consumed_total",
+            &[("outcome", "dead_lettered")]
+        ),
+        Some(6.0)
+    );
+    assert_eq!(
+        amqp.ready_count(topology::INVOICES_NODE_QUEUE).await,
+        0,
+        "nothing requeued in a loop"
+    );
+
+    let order_id = Uuid::new_v4();
+    amqp.publish_event(&order_created(order_id)).await;
+    eventually(
+        "a good message after the poison",
+        Duration::from_secs(10),
+        || async { invoices_of(&c, order_id).await.pop() },
+    )
+    .await;
+    assert_eq!(c.get("/health/ready").await.status, 200);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancel_voids_an_issued_invoice_keeps_a_paid_one_and_precedes_a_late_create() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let mut voided_events = amqp
+        .watch(topology::INVOICES_EXCHANGE, "invoice.voided")
+        .await;
+    let (node, c) = spawn_invoices(&env, &[]).await;
+
+    // Issued, then canceled: void, and invoice.voided.
+    let a = Uuid::new_v4();
+    amqp.publish_event(&order_created(a)).await;
+    eventually("issued", Duration::from_secs(10), || async {
+        invoices_of(&c, a).await.pop()
+    })
+    .await;
+    amqp.publish_event(&order_canceled(a)).await;
+    let voided = eventually("void", Duration::from_secs(10), || async {
+        invoices_of(&c, a)
+            .await
+            .pop()
+            .filter(|i| i["status"] == "void")
+    })
+    .await;
+    let d = tokio::time::timeout(Duration::from_secs(10), voided_events.recv())
+        .await
+        .expect("invoice.voided")
+        .unwrap();
+    let Event::InvoiceVoided(e) = contracts::decode("invoice.voided", &d.data).unwrap() else {
+        panic!()
+    };
+    assert_eq!(e.invoice_id.to_string(), voided["id"].as_str().unwrap());
+
+    // Paid, then canceled: stays paid.
+    let b = Uuid::new_v4();
+    amqp.publish_event(&order_created(b)).await;
+    let inv = eventually("issued", Duration::from_secs(10), || async {
+        invoices_of(&c, b).await.pop()
+    })
+    .await;
+    assert_eq!(
+        c.post_empty(&format!("/invoices/{}/pay", inv["id"].as_str().unwrap()))
+            .await
+            .status,
+        200
+    );
+    amqp.publish_event(&order_canceled(b)).await;
+    eventually("cancel handled", Duration::from_secs(10), || async {
+        let m = c.get("/metrics").await.text;
+        (metric(
+            &m,
+            "messages_consumed_total",
+            &[("type", "order.canceled"), ("outcome", "processed")],
+        ) == Some(2.0))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(invoices_of(&c, b).await[0]["status"], "paid");
+
+    // Canceled before created: the invoice is born void, never payable.
+    let late = Uuid::new_v4();
+    amqp.publish_event(&order_canceled(late)).await;
+    amqp.publish_event(&order_created(late)).await;
+    let inv = eventually("born void", Duration::from_secs(10), || async {
+        invoices_of(&c, late).await.pop()
+    })
+    .await;
+    assert_eq!(inv["status"], "void");
+    c.post_empty(&format!("/invoices/{}/pay", inv["id"].as_str().unwrap()))
+        .await
+        .problem(409);
+    node.shutdown().await;
+}
