@@ -5,6 +5,7 @@
 
 mod config;
 mod consuming;
+mod crash;
 mod http_api;
 
 use chrono::Utc;

@@ -438,3 +438,81 @@ pub fn order_body() -> Value {
         "items": [{"sku": "BOOK-42", "quantity": 2, "unit_price_cents": 1500}]
     })
 }
+
+/// A node running as a real process; killed on drop so a failing test leaves nothing behind.
+pub struct NodeProcess {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl NodeProcess {
+    /// Starts `binary` with exactly `vars` (plus `PATH`) listening on `port`.
+    pub fn start(binary: &str, vars: &Vars, port: u16) -> Self {
+        let mut cmd = Command::new(binary);
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for (k, v) in vars.iter() {
+            cmd.env(k, v);
+        }
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        cmd.env("HTTP_ADDR", addr.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit());
+        Self {
+            child: cmd.spawn().expect("node binary starts"),
+            addr,
+        }
+    }
+
+    /// Waits until `/health` answers.
+    pub async fn wait_up(&self) {
+        let url = format!("http://{}/health", self.addr);
+        eventually("node process up", Duration::from_secs(30), || async {
+            reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status() == 200)
+                .then_some(())
+        })
+        .await
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn sigkill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM, then the exit code within `within` (None if it did not exit in time).
+    pub async fn sigterm(&mut self, within: Duration) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,12 +1,11 @@
 //! Both nodes together through the real broker: the whole order → invoice lifecycle, and
 //! the promises under failure (panic, closed connections, SIGKILL).
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use invoices_node::{InvoicesConfig, InvoicesNode};
 use serde_json::Value;
-use testkit::{Client, TestEnv, eventually, metric};
+use testkit::{Client, NodeProcess, TestEnv, eventually, free_port, metric};
 
 use crate::{create_order, spawn_orders};
 
@@ -222,56 +221,14 @@ async fn closing_the_broker_connections_under_the_nodes_they_recover_by_themselv
     invoices.shutdown().await;
 }
 
-/// Kills the child on drop, so a failing test leaves no process behind.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_orders_process(env: &TestEnv, port: u16) -> Process {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_orders-node"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env.vars("orders").iter() {
-        cmd.env(k, v);
-    }
-    cmd.env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    Process(cmd.spawn().expect("orders-node binary starts"))
-}
-
 #[tokio::test]
 async fn orders_accepted_before_a_sigkill_are_all_invoiced_exactly_once() {
     let env = TestEnv::new();
     let port = free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let oc = Client::new(addr);
-    let mut process = start_orders_process(&env, port);
-    eventually(
-        "orders-node process up",
-        Duration::from_secs(30),
-        || async {
-            let ok = reqwest::get(format!("http://{addr}/health"))
-                .await
-                .is_ok_and(|r| r.status() == 200);
-            ok.then_some(())
-        },
-    )
-    .await;
+    let mut process =
+        NodeProcess::start(env!("CARGO_BIN_EXE_orders-node"), &env.vars("orders"), port);
+    process.wait_up().await;
+    let oc = Client::new(process.addr);
 
     let requests = (0..25).map(|_| {
         let oc = oc.clone();
@@ -279,8 +236,7 @@ async fn orders_accepted_before_a_sigkill_are_all_invoiced_exactly_once() {
     });
     let replies = futures_util::future::join_all(requests).await;
     // SIGKILL right after the 201s: no graceful anything.
-    process.0.kill().expect("SIGKILL");
-    process.0.wait().expect("reaped");
+    process.sigkill();
     let accepted: Vec<String> = replies
         .iter()
         .filter(|r| r.status == 201)
@@ -288,7 +244,9 @@ async fn orders_accepted_before_a_sigkill_are_all_invoiced_exactly_once() {
         .collect();
     assert_eq!(accepted.len(), 25, "all were accepted before the kill");
 
-    let _restarted = start_orders_process(&env, port);
+    let restarted =
+        NodeProcess::start(env!("CARGO_BIN_EXE_orders-node"), &env.vars("orders"), port);
+    restarted.wait_up().await;
     let (invoices, ic) = spawn_invoices(&env).await;
     for id in &accepted {
         wait_status(&oc, id, "invoiced").await;
@@ -303,4 +261,45 @@ async fn orders_accepted_before_a_sigkill_are_all_invoiced_exactly_once() {
     let all = ic.get("/invoices?limit=200").await;
     assert_eq!(all.body["items"].as_array().unwrap().len(), 25);
     invoices.shutdown().await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero_and_nothing_accepted_is_lost() {
+    let env = TestEnv::new();
+    let mut vars = env.vars("orders");
+    vars.set("SHUTDOWN_GRACE", "5s");
+    let mut process = NodeProcess::start(env!("CARGO_BIN_EXE_orders-node"), &vars, free_port());
+    process.wait_up().await;
+    let oc = Client::new(process.addr);
+    oc.wait_broker_connected().await;
+    let amqp = env.amqp().await;
+    let mut published = amqp
+        .watch(contracts::topology::ORDERS_EXCHANGE, "order.created")
+        .await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.push(create_order(&oc).await["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        process.sigterm(Duration::from_secs(10)).await,
+        Some(0),
+        "graceful exit with status 0"
+    );
+    // Every accepted order's event left before or during shutdown (the relay's last pass).
+    let mut seen = Vec::new();
+    while seen.len() < ids.len() {
+        let d = tokio::time::timeout(Duration::from_secs(10), published.recv())
+            .await
+            .expect("all events published")
+            .unwrap();
+        let contracts::Event::OrderCreated(e) =
+            contracts::decode("order.created", &d.data).unwrap()
+        else {
+            panic!()
+        };
+        seen.push(e.order_id.to_string());
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
 }
