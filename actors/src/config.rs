@@ -195,6 +195,26 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`: the standard values this node can export with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl FromStr for OtlpProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+            other => Err(format!(
+                "{other:?} is not supported (use grpc or http/protobuf)"
+            )),
+        }
+    }
+}
+
 /// What both nodes configure the same way. Each node adds its own domain settings.
 #[derive(Debug, Clone)]
 pub struct CommonConfig {
@@ -231,6 +251,8 @@ pub struct CommonConfig {
     pub shutdown_grace: Duration,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (unset: no export)
     pub otel_endpoint: Option<String>,
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` or `http/protobuf`, the default)
+    pub otel_protocol: OtlpProtocol,
     /// `OTEL_SERVICE_NAME`
     pub service_name: String,
     /// `RUST_LOG` (default info) and `LOG_FORMAT` (`text` or `json`, default text)
@@ -286,6 +308,7 @@ impl CommonConfig {
             },
             shutdown_grace: vars.duration("SHUTDOWN_GRACE", Duration::from_secs(10))?,
             otel_endpoint: vars.optional_string("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            otel_protocol: vars.parse("OTEL_EXPORTER_OTLP_PROTOCOL", OtlpProtocol::HttpProtobuf)?,
             service_name: vars.string("OTEL_SERVICE_NAME", service),
             log_filter: vars.string("RUST_LOG", "info"),
             log_json: log_format == "json",

@@ -273,10 +273,13 @@ where
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = crate::telemetry::init(common(&config)) {
-        eprintln!("{name}: {e}");
-        return ExitCode::from(2);
-    }
+    let telemetry = match crate::telemetry::init(common(&config)) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let node = match build(config).await {
         Ok(node) => node,
         Err(e) => {
@@ -284,7 +287,10 @@ where
             return ExitCode::from(1);
         }
     };
-    match node.run_until_signal().await {
+    let outcome = node.run_until_signal().await;
+    // Spans are flushed last, so the shutdown itself is traced.
+    telemetry.shutdown().await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

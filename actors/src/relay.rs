@@ -208,8 +208,36 @@ async fn confirm_channel(state: &mut RelayState) -> Result<Channel, RelayError> 
     Ok(channel)
 }
 
-fn properties(row: &PendingRow, app_id: &str) -> BasicProperties {
-    let cause: Causation = serde_json::from_value(row.headers.clone()).unwrap_or_default();
+/// The producer span of one publish: a child of the context saved with the outbox row (the
+/// request or delivery that caused the event), and the parent of the consumer's span.
+fn publish_span(row: &PendingRow, cause: &Causation) -> tracing::Span {
+    let span = tracing::info_span!(
+        "publish",
+        otel.name = %format!("{} publish", row.exchange),
+        otel.kind = "producer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "publish",
+        messaging.destination.name = %row.exchange,
+        messaging.rabbitmq.destination.routing_key = %row.routing_key,
+        messaging.message.id = %row.event_id,
+        request_id = cause.request_id.as_deref().unwrap_or_default(),
+    );
+    crate::telemetry::set_remote_parent(
+        &span,
+        cause.traceparent.as_deref(),
+        cause.tracestate.as_deref(),
+    );
+    span
+}
+
+/// AMQP properties and headers of one outbox row; the trace headers are the producer span's.
+fn properties(row: &PendingRow, app_id: &str, span: &tracing::Span) -> BasicProperties {
+    let mut cause: Causation = serde_json::from_value(row.headers.clone()).unwrap_or_default();
+    let (traceparent, tracestate) = crate::telemetry::trace_headers(span);
+    if traceparent.is_some() {
+        cause.traceparent = traceparent;
+        cause.tracestate = tracestate;
+    }
     let mut headers = vec![(
         topology::CONTRACT_VERSION_HEADER,
         AMQPValue::LongLongInt(topology::CONTRACT_VERSION),
@@ -256,21 +284,29 @@ async fn publish_batch(state: &mut RelayState) -> Result<usize, RelayError> {
     }
     let channel = confirm_channel(state).await?;
     let mut confirms = Vec::with_capacity(rows.len());
+    // Each producer span stays open until the broker confirmed its message.
+    let mut spans = Vec::with_capacity(rows.len());
     for row in &rows {
+        let cause: Causation = serde_json::from_value(row.headers.clone()).unwrap_or_default();
+        let span = publish_span(row, &cause);
+        let props = properties(row, &state.args.app_id, &span);
+        spans.push(span);
         let confirm = channel
             .basic_publish(
                 row.exchange.as_str().into(),
                 row.routing_key.as_str().into(),
                 BasicPublishOptions::default(),
                 &row.payload,
-                properties(row, &state.args.app_id),
+                props,
             )
             .await?;
         confirms.push(confirm);
     }
     let mut acked = Vec::with_capacity(rows.len());
     let mut refused = 0;
-    for (row, confirmation) in rows.iter().zip(join_all(confirms).await) {
+    let confirmations = join_all(confirms).await;
+    drop(spans);
+    for (row, confirmation) in rows.iter().zip(confirmations) {
         match confirmation? {
             Confirmation::Ack(_) => {
                 acked.push(row.id);

@@ -180,7 +180,12 @@ impl RestartPolicy {
 
 /// The live supervision tree as `GET /actors` shows it, shared by all supervisors of a node.
 #[derive(Clone, Default)]
-pub struct ActorTree(Arc<Mutex<BTreeMap<String, ActorInfo>>>);
+pub struct ActorTree {
+    actors: Arc<Mutex<BTreeMap<String, ActorInfo>>>,
+    /// `(traceparent, tracestate)` of the node's root supervision span: every lifecycle
+    /// span joins that trace, so a trace backend shows the node's supervision history.
+    supervision_trace: Arc<Mutex<(Option<String>, Option<String>)>>,
+}
 
 /// One actor's entry in the tree.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -211,8 +216,39 @@ pub struct ActorNode {
 }
 
 impl ActorTree {
+    /// Starts the node's supervision trace; lifecycle spans of every supervisor in this
+    /// tree become its children.
+    fn begin_supervision_trace(&self, node: &str) -> tracing::Span {
+        let span = tracing::info_span!(parent: None, "supervision", otel.name = %format!("{node} supervision"), node = node);
+        *self
+            .supervision_trace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = crate::telemetry::trace_headers(&span);
+        span
+    }
+
+    /// A short span for one lifecycle event (`actor started`, `actor failed`, `actor
+    /// restarted`) in the node's supervision trace.
+    fn lifecycle_span(&self, name: &'static str, actor: &str) -> tracing::Span {
+        let span = tracing::info_span!(
+            parent: None,
+            "lifecycle",
+            otel.name = name,
+            actor = actor,
+            error = tracing::field::Empty,
+            restarts = tracing::field::Empty,
+        );
+        let (tp, ts) = self
+            .supervision_trace
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        crate::telemetry::set_remote_parent(&span, tp.as_deref(), ts.as_deref());
+        span
+    }
+
     fn update(&self, path: &str, f: impl FnOnce(&mut ActorInfo)) {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
         let info = map.entry(path.to_owned()).or_insert(ActorInfo {
             state: ActorState::Running,
             restarts: 0,
@@ -223,7 +259,7 @@ impl ActorTree {
 
     /// One actor's entry, by its path (`root/child/grandchild`).
     pub fn get(&self, path: &str) -> Option<ActorInfo> {
-        self.0
+        self.actors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(path)
@@ -232,14 +268,14 @@ impl ActorTree {
 
     /// Whether every actor in the tree is running.
     pub fn all_running(&self) -> bool {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
         !map.is_empty() && map.values().all(|i| i.state == ActorState::Running)
     }
 
     /// The tree, nested by path.
     pub fn render(&self) -> Vec<ActorNode> {
         let map = self
-            .0
+            .actors
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
@@ -337,6 +373,9 @@ impl Actor for Supervisor {
             children: Vec::new(),
             args,
         };
+        // The root supervisor opens the node's supervision trace.
+        let _root_span = (!state.args.path.contains('/'))
+            .then(|| state.args.tree.begin_supervision_trace(&state.args.path));
         state
             .args
             .tree
@@ -345,10 +384,15 @@ impl Actor for Supervisor {
             let spec = state.args.children[idx].clone();
             let path = state.child_path(idx);
             let cell = (spec.start)(myself.get_cell()).await.map_err(|e| {
-                tracing::error!(actor = %path, error = %e, "actor failed to start");
+                let span = state.args.tree.lifecycle_span("actor failed", &path);
+                span.record("error", tracing::field::display(&e));
+                span.in_scope(
+                    || tracing::error!(actor = %path, error = %e, "actor failed to start"),
+                );
                 format!("{path} failed to start: {e}")
             })?;
-            tracing::info!(actor = %path, "actor started");
+            let span = state.args.tree.lifecycle_span("actor started", &path);
+            span.in_scope(|| tracing::info!(actor = %path, "actor started"));
             state
                 .args
                 .tree
@@ -400,7 +444,9 @@ impl Actor for Supervisor {
             Ok(cell) => {
                 state.children[idx].cell = Some(cell);
                 let restarts = state.children[idx].recent_restarts.len();
-                tracing::info!(actor = %path, restarts, "actor restarted");
+                let span = state.args.tree.lifecycle_span("actor restarted", &path);
+                span.record("restarts", restarts);
+                span.in_scope(|| tracing::info!(actor = %path, restarts, "actor restarted"));
                 state
                     .args
                     .tree
@@ -455,7 +501,10 @@ impl Supervisor {
         }
         recent.push_back(now);
         let attempt = recent.len();
-        tracing::error!(actor = %path, error = %reason, attempt, "actor failed");
+        let span = state.args.tree.lifecycle_span("actor failed", &path);
+        span.record("error", reason.as_str());
+        span.record("restarts", attempt);
+        span.in_scope(|| tracing::error!(actor = %path, error = %reason, attempt, "actor failed"));
         state
             .args
             .metrics
@@ -468,7 +517,9 @@ impl Supervisor {
             i.last_error = Some(reason.clone());
         });
         if attempt > policy.max_restarts {
-            tracing::error!(actor = %path, "restart intensity exceeded; escalating");
+            span.in_scope(
+                || tracing::error!(actor = %path, "restart intensity exceeded; escalating"),
+            );
             state
                 .args
                 .tree

@@ -1,35 +1,198 @@
-//! The tracing subscriber: one function builds it from config, `init` installs it once.
+//! Logs and traces: one function builds the subscriber from config, [`Telemetry::shutdown`]
+//! flushes it.
+//!
+//! The OpenTelemetry layer is always installed, so W3C trace context crosses this node (HTTP
+//! → outbox row → AMQP headers → consumer → next outbox row) even when this node exports
+//! nothing; spans are exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! Remote parents are set right after a span is created and before it is entered:
+//! tracing-opentelemetry ignores `set_parent` on a span that is already entered.
 
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::CommonConfig;
+use crate::config::{CommonConfig, OtlpProtocol};
+use crate::outbox::Causation;
 
-/// Installs the global subscriber (text or JSON logs filtered by `RUST_LOG`). Returns an
-/// error line when `RUST_LOG` cannot be parsed.
-pub fn init(config: &CommonConfig) -> Result<(), String> {
+/// The installed tracer provider; flush it on shutdown.
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+/// Crates whose own spans would trace the exporter itself.
+fn is_exporter_internal(target: &str) -> bool {
+    ["opentelemetry", "tonic", "h2", "hyper", "reqwest", "tower"]
+        .iter()
+        .any(|p| target.starts_with(p))
+}
+
+fn exporter(
+    endpoint: &str,
+    protocol: OtlpProtocol,
+) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let built = match protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build(),
+        OtlpProtocol::HttpProtobuf => {
+            // OTEL_EXPORTER_OTLP_ENDPOINT is a base URL: the signal path is appended.
+            let base = endpoint.trim_end_matches('/');
+            let url = if base.ends_with("/v1/traces") {
+                base.to_owned()
+            } else {
+                format!("{base}/v1/traces")
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(url)
+                .build()
+        }
+    };
+    built.map_err(|e| {
+        format!("invalid configuration: OTEL_EXPORTER_OTLP_ENDPOINT={endpoint:?}: {e}")
+    })
+}
+
+/// Installs the global subscriber: logs (text or JSON, filtered by `RUST_LOG`) and traces.
+/// The batch processor honours the standard `OTEL_BSP_*` variables.
+pub fn init(config: &CommonConfig) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_new(&config.log_filter).map_err(|e| {
         format!(
             "invalid configuration: RUST_LOG={:?}: {e}",
             config.log_filter
         )
     })?;
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = if config.log_json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true),
-            )
-            .try_init()
+    let mut builder = SdkTracerProvider::builder().with_resource(
+        Resource::builder()
+            .with_service_name(config.service_name.clone())
+            .build(),
+    );
+    if let Some(endpoint) = &config.otel_endpoint {
+        builder = builder.with_batch_exporter(exporter(endpoint, config.otel_protocol)?);
+    }
+    let provider = builder.build();
+    let tracer = provider.tracer(config.service_name.clone());
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(filter_fn(|meta| !is_exporter_internal(meta.target())));
+    let fmt = if config.log_json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .boxed()
     } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
-            .try_init()
+        tracing_subscriber::fmt::layer().with_target(false).boxed()
     };
-    // Already installed (tests start several nodes in one process): keep the first.
-    let _ = result;
-    Ok(())
+    // Already installed (several nodes in one test process): the first one stays.
+    let _ = tracing_subscriber::registry()
+        .with(otel)
+        .with(fmt.with_filter(filter))
+        .try_init();
+    Ok(Telemetry { provider })
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporter. The SDK's shutdown blocks, so it runs off the
+    /// async runtime.
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
+}
+
+/// The context a `traceparent`/`tracestate` pair describes (empty if absent or invalid).
+pub fn remote_context(
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) -> opentelemetry::Context {
+    let mut carrier = HashMap::new();
+    if let Some(tp) = traceparent {
+        carrier.insert("traceparent".to_owned(), tp.to_owned());
+    }
+    if let Some(ts) = tracestate {
+        carrier.insert("tracestate".to_owned(), ts.to_owned());
+    }
+    TraceContextPropagator::new().extract(&carrier)
+}
+
+/// Makes `span` a child of the remote context described by `traceparent`, if any. Call it
+/// before the span is entered.
+pub fn set_remote_parent(
+    span: &tracing::Span,
+    traceparent: Option<&str>,
+    tracestate: Option<&str>,
+) {
+    let cx = remote_context(traceparent, tracestate);
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
+    }
+}
+
+/// `(traceparent, tracestate)` of `span`, when it has a valid trace context.
+pub fn trace_headers(span: &tracing::Span) -> (Option<String>, Option<String>) {
+    let cx = span.context();
+    if !cx.span().span_context().is_valid() {
+        return (None, None);
+    }
+    let mut carrier: HashMap<String, String> = HashMap::new();
+    TraceContextPropagator::new().inject_context(&cx, &mut carrier);
+    (
+        carrier.remove("traceparent"),
+        carrier.remove("tracestate").filter(|s| !s.is_empty()),
+    )
+}
+
+impl Causation {
+    /// The cause of an event written now: the current span (so the consumer's trace
+    /// continues from here), falling back to `fallback`'s context when no span is active.
+    pub fn current(request_id: Option<String>, fallback: &Causation) -> Causation {
+        let (traceparent, tracestate) = trace_headers(&tracing::Span::current());
+        match traceparent {
+            Some(tp) => Causation {
+                traceparent: Some(tp),
+                tracestate,
+                request_id,
+            },
+            None => Causation {
+                traceparent: fallback.traceparent.clone(),
+                tracestate: fallback.tracestate.clone(),
+                request_id,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_round_trips_through_a_context() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let cx = remote_context(Some(tp), None);
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid());
+        assert_eq!(
+            sc.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(
+            !remote_context(Some("garbage"), None)
+                .span()
+                .span_context()
+                .is_valid()
+        );
+    }
 }

@@ -101,6 +101,7 @@ fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
+#[tracing::instrument(name = "SELECT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Invoice, StoreError> {
     let row: Option<InvoiceRow> = sqlx::query_as(SELECT_BY_ID)
         .bind(id)
@@ -118,6 +119,7 @@ pub struct ListFilter {
 }
 
 /// Newest first; `limit + 1` rows so the caller can tell whether a next page exists.
+#[tracing::instrument(name = "SELECT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Invoice>, StoreError> {
     let rows: Vec<InvoiceRow> = sqlx::query_as(
         "SELECT id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, paid_at
@@ -139,6 +141,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Invoice>, StoreEr
 }
 
 /// Pays an issued invoice (idempotently) and emits `invoice.paid` once.
+#[tracing::instrument(name = "UPDATE invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
 pub async fn pay(
     pool: &PgPool,
     id: Uuid,
@@ -203,6 +206,7 @@ pub async fn apply_order_event(
     Ok((Handled::Applied, effect))
 }
 
+#[tracing::instrument(name = "INSERT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
 async fn issue(
     tx: &mut PgConnection,
     e: &OrderCreated,
@@ -286,6 +290,7 @@ fn domain_valid(e: &OrderCreated) -> bool {
         && e.currency.bytes().all(|b| b.is_ascii_uppercase())
 }
 
+#[tracing::instrument(name = "UPDATE invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
 async fn void(
     tx: &mut PgConnection,
     e: &OrderCanceled,

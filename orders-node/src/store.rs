@@ -102,6 +102,7 @@ fn now() -> DateTime<Utc> {
 /// Creates an order and its `order.created` event in one transaction, honouring the
 /// Idempotency-Key. A transaction-scoped advisory lock on the key tells "still in flight"
 /// (409) from "done" (replay) without a separate in-progress state that a crash could strand.
+#[tracing::instrument(name = "INSERT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
 pub async fn create(
     pool: &PgPool,
     new: &NewOrder,
@@ -182,6 +183,7 @@ pub async fn create(
     Ok(Created::New(order))
 }
 
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Order, StoreError> {
     let row: Option<OrderRow> = sqlx::query_as(SELECT_BY_ID)
         .bind(id)
@@ -200,6 +202,7 @@ pub struct ListFilter {
 }
 
 /// Newest first; fetches `limit + 1` rows so the caller can tell whether a next page exists.
+#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Order>, StoreError> {
     let rows: Vec<OrderRow> = sqlx::query_as(
         "SELECT id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at
@@ -230,6 +233,7 @@ async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, 
 
 /// Cancels an order (idempotently) and emits `order.canceled` once. `Ok((order, true))`
 /// when this call canceled it.
+#[tracing::instrument(name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
 pub async fn cancel(
     pool: &PgPool,
     id: Uuid,
@@ -263,6 +267,7 @@ pub async fn cancel(
 }
 
 /// Applies an `invoice.*` event once; the status only moves forward.
+#[tracing::instrument(name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
 pub async fn apply_invoice_event(
     pool: &PgPool,
     event: &Event,

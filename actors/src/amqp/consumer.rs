@@ -28,6 +28,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use contracts::{Event, topology};
 
@@ -283,7 +284,35 @@ pub fn decode_delivery(delivery: &Delivery) -> Result<Event, String> {
     Ok(event)
 }
 
+/// Handles one delivery inside a consumer span that continues the producer's trace.
 async fn process(args: Arc<ConsumerArgs>, delivery: Delivery, stop: watch::Receiver<bool>) {
+    let headers = delivery.properties.headers();
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "consume",
+        otel.name = %format!("{} process", args.queue),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.operation.type = "process",
+        messaging.destination.name = %delivery.exchange,
+        messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
+        messaging.message.id = %message_id,
+        messaging.consumer.group.name = args.queue,
+    );
+    crate::telemetry::set_remote_parent(
+        &span,
+        header_str(headers, topology::TRACEPARENT_HEADER).as_deref(),
+        header_str(headers, topology::TRACESTATE_HEADER).as_deref(),
+    );
+    handle_delivery(args, delivery, stop).instrument(span).await
+}
+
+async fn handle_delivery(args: Arc<ConsumerArgs>, delivery: Delivery, stop: watch::Receiver<bool>) {
     let started = Instant::now();
     let queue = args.queue;
     let event = match decode_delivery(&delivery) {
@@ -300,12 +329,17 @@ async fn process(args: Arc<ConsumerArgs>, delivery: Delivery, stop: watch::Recei
     };
     let event_type = event.routing_key();
     let headers = delivery.properties.headers();
+    // Events this delivery causes continue from the consumer span, and keep the request id.
+    let from_headers = Causation {
+        traceparent: header_str(headers, topology::TRACEPARENT_HEADER),
+        tracestate: header_str(headers, topology::TRACESTATE_HEADER),
+        request_id: None,
+    };
     let delivered = Delivered {
-        cause: Causation {
-            traceparent: header_str(headers, topology::TRACEPARENT_HEADER),
-            tracestate: header_str(headers, topology::TRACESTATE_HEADER),
-            request_id: header_str(headers, topology::REQUEST_ID_HEADER),
-        },
+        cause: Causation::current(
+            header_str(headers, topology::REQUEST_ID_HEADER),
+            &from_headers,
+        ),
         redelivered: delivery.redelivered,
     };
     let mut failures = 0u32;

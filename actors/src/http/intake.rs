@@ -229,6 +229,9 @@ where
         http.response.status_code = tracing::field::Empty,
         request_id = %request_id,
     );
+    // Continue the caller's trace (Kong sends traceparent); before the span is entered.
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    crate::telemetry::set_remote_parent(&span, header("traceparent"), header("tracestate"));
     let metrics = context.metrics.clone();
     let method_label = method.as_str().to_owned();
     let routed = async {

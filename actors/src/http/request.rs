@@ -33,13 +33,15 @@ impl HttpRequest {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    /// What to carry into events caused by this request.
+    /// What to carry into events caused by this request: the current span's trace context
+    /// (the request span, a child of the caller's `traceparent`) and the request id.
     pub fn causation(&self) -> Causation {
-        Causation {
+        let from_headers = Causation {
             traceparent: self.header("traceparent").map(str::to_owned),
             tracestate: self.header("tracestate").map(str::to_owned),
-            request_id: Some(self.request_id.clone()),
-        }
+            request_id: None,
+        };
+        Causation::current(Some(self.request_id.clone()), &from_headers)
     }
 
     /// The body as JSON: 415 without `Content-Type: application/json`, 400 when malformed.

@@ -6,6 +6,8 @@
 
 #![allow(clippy::unwrap_used)] // test support: a failed setup step should fail the test loudly
 
+pub mod otlp;
+
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;

@@ -9,6 +9,7 @@ mod idempotency;
 mod listing;
 mod operations;
 mod system;
+mod traces;
 mod validation;
 
 use orders_node::{OrdersConfig, OrdersNode};

@@ -1,0 +1,135 @@
+//! An OTLP/HTTP trace receiver inside the test: nodes export to it exactly as they would to
+//! Jaeger or a collector, and tests look at the decoded spans.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use prost::Message;
+use warp::Filter;
+
+/// One received span with the service that sent it.
+#[derive(Debug, Clone)]
+pub struct ReceivedSpan {
+    pub service: String,
+    pub name: String,
+    /// 1 internal, 2 server, 3 client, 4 producer, 5 consumer
+    pub kind: i32,
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_span_id: String,
+    pub attributes: HashMap<String, String>,
+    pub events: Vec<(String, HashMap<String, String>)>,
+}
+
+pub const SERVER: i32 = 2;
+pub const CLIENT: i32 = 3;
+pub const PRODUCER: i32 = 4;
+pub const CONSUMER: i32 = 5;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(AnyValue::StringValue(s)) => s.clone(),
+                Some(AnyValue::IntValue(i)) => i.to_string(),
+                Some(AnyValue::BoolValue(b)) => b.to_string(),
+                Some(AnyValue::DoubleValue(d)) => d.to_string(),
+                other => format!("{other:?}"),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+/// Listens on 127.0.0.1 for `POST /v1/traces` (protobuf) until dropped.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let sink = spans.clone();
+        let route = warp::post()
+            .and(warp::path!("v1" / "traces"))
+            .and(warp::body::bytes())
+            .map(move |body: bytes::Bytes| {
+                if let Ok(request) = ExportTraceServiceRequest::decode(body) {
+                    let mut sink = sink.lock().unwrap();
+                    for resource_spans in request.resource_spans {
+                        let service = resource_spans
+                            .resource
+                            .as_ref()
+                            .and_then(|r| attrs(&r.attributes).get("service.name").cloned())
+                            .unwrap_or_default();
+                        for scope in resource_spans.scope_spans {
+                            for span in scope.spans {
+                                sink.push(ReceivedSpan {
+                                    service: service.clone(),
+                                    name: span.name.clone(),
+                                    kind: span.kind,
+                                    trace_id: hex(&span.trace_id),
+                                    span_id: hex(&span.span_id),
+                                    parent_span_id: hex(&span.parent_span_id),
+                                    attributes: attrs(&span.attributes),
+                                    events: span
+                                        .events
+                                        .iter()
+                                        .map(|e| (e.name.clone(), attrs(&e.attributes)))
+                                        .collect(),
+                                });
+                            }
+                        }
+                    }
+                }
+                warp::http::Response::builder()
+                    .header("content-type", "application/x-protobuf")
+                    .body(ExportTraceServiceResponse::default().encode_to_vec())
+            });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(
+            warp::serve(route)
+                .incoming(listener)
+                .graceful(async move {
+                    let _ = rx.await;
+                })
+                .run(),
+        );
+        Self {
+            addr,
+            spans,
+            _shutdown: tx,
+        }
+    }
+
+    /// The endpoint to put in `OTEL_EXPORTER_OTLP_ENDPOINT` (protocol `http/protobuf`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// The spans of one trace.
+    pub fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
+        self.spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect()
+    }
+}
