@@ -4,10 +4,11 @@
 //! in tests), so tests never mutate the environment. Every bad value is a [`ConfigError`]
 //! whose one-line message names the variable and the problem.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::supervision::RestartPolicy;
@@ -21,37 +22,54 @@ pub struct ConfigError {
     problem: String,
 }
 
-/// Where variables come from.
+/// Where variables come from. It remembers which names were read, so tests can prove that
+/// every variable a deployment sets is one the node actually reads.
 #[derive(Debug, Clone, Default)]
-pub struct Vars(HashMap<String, String>);
+pub struct Vars {
+    values: HashMap<String, String>,
+    read: Arc<Mutex<BTreeSet<String>>>,
+}
 
 impl Vars {
     pub fn from_env() -> Self {
-        Self(std::env::vars().collect())
+        Self::from_pairs(std::env::vars())
     }
 
     pub fn from_pairs<K: Into<String>, V: Into<String>>(
         pairs: impl IntoIterator<Item = (K, V)>,
     ) -> Self {
-        Self(
-            pairs
+        Self {
+            values: pairs
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
-        )
+            read: Arc::default(),
+        }
     }
 
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) {
-        self.0.insert(key.into(), value.into());
+        self.values.insert(key.into(), value.into());
     }
 
     /// Every variable, e.g. to hand to a child process.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The names a config has looked up so far (set or not).
+    pub fn read_names(&self) -> BTreeSet<String> {
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     fn raw(&self, var: &str) -> Option<&str> {
-        self.0
+        self.read
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(var.to_owned());
+        self.values
             .get(var)
             .map(String::as_str)
             .filter(|v| !v.trim().is_empty())

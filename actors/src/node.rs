@@ -273,6 +273,10 @@ where
             return ExitCode::from(2);
         }
     };
+    // `<node> healthcheck`: for container health checks in images without curl.
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck(common(&config).http_addr).await;
+    }
     let telemetry = match crate::telemetry::init(common(&config)) {
         Ok(telemetry) => telemetry,
         Err(e) => {
@@ -296,6 +300,29 @@ where
             eprintln!("{e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Exit 0 when `GET /health/ready` on this node's address answers 200.
+async fn healthcheck(addr: SocketAddr) -> std::process::ExitCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let target = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(target).await.ok()?;
+        let request =
+            format!("GET /health/ready HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await.ok()?;
+        Some(head.starts_with(b"HTTP/1.1 200"))
+    };
+    match tokio::time::timeout(Duration::from_secs(3), probe).await {
+        Ok(Some(true)) => std::process::ExitCode::SUCCESS,
+        _ => std::process::ExitCode::FAILURE,
     }
 }
 

@@ -8,6 +8,7 @@ mod events;
 mod idempotency;
 mod listing;
 mod operations;
+mod stack;
 mod system;
 mod traces;
 mod validation;
