@@ -88,6 +88,13 @@ async fn create_database_if_missing(
     Ok(())
 }
 
+/// Now, at PostgreSQL's microsecond precision, so what a node returns equals what it reads
+/// back later.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    let now = chrono::Utc::now();
+    chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
 /// Whether the database answers right now (for readiness).
 pub async fn ping(pool: &PgPool) -> bool {
     tokio::time::timeout(

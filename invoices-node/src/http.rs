@@ -7,8 +7,8 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 
 use actors::http::{
-    Cursor, FieldError, HttpRequest, ListParams, Page, Problem, RouteFuture, Routed, Routes,
-    call_worker, json_response, path_uuid,
+    Cursor, HttpRequest, ListParams, Page, Problem, RouteFuture, Routed, Routes, call_worker,
+    json_response, path_uuid,
 };
 use actors::supervision::WorkerPool;
 
@@ -96,23 +96,18 @@ impl InvoiceRoutes {
     async fn list(&self, req: &HttpRequest) -> Result<Response, Problem> {
         let params = ListParams::parse(req.query_params()?, &["order_id", "status"])?;
         let mut errors = Vec::new();
-        let order_id = params.filters.get("order_id").and_then(|v| {
-            let id = uuid::Uuid::parse_str(v).ok();
-            if id.is_none() {
-                errors.push(FieldError::new("order_id", "must be a UUID"));
-            }
-            id
-        });
-        let status = params.filters.get("status").and_then(|v| {
-            let s = InvoiceStatus::parse(v);
-            if s.is_none() {
-                errors.push(FieldError::new(
-                    "status",
-                    "must be one of issued, paid, void",
-                ));
-            }
-            s
-        });
+        let order_id = params.filter(
+            "order_id",
+            |v| uuid::Uuid::parse_str(v).ok(),
+            "must be a UUID",
+            &mut errors,
+        );
+        let status = params.filter(
+            "status",
+            InvoiceStatus::parse,
+            "must be one of issued, paid, void",
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(Problem::validation(errors));
         }

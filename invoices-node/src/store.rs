@@ -96,11 +96,6 @@ const LOCK_BY_ID: &str = "SELECT id, number, order_id, customer_id, currency, am
 const LOCK_BY_ORDER: &str = "SELECT id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, paid_at
                                FROM invoices WHERE order_id = $1 FOR UPDATE";
 
-fn now() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
-}
-
 #[tracing::instrument(name = "SELECT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Invoice, StoreError> {
     let row: Option<InvoiceRow> = sqlx::query_as(SELECT_BY_ID)
@@ -158,7 +153,7 @@ pub async fn pay(
         PayDecision::Refuse => return Err(StoreError::VoidCannotBePaid),
         PayDecision::Pay => {}
     }
-    let at = now();
+    let at = actors::db::now();
     sqlx::query("UPDATE invoices SET status = 'paid', paid_at = $2 WHERE id = $1")
         .bind(id)
         .bind(at)
@@ -224,7 +219,7 @@ async fn issue(
             .bind(e.order_id)
             .fetch_optional(&mut *tx)
             .await?;
-    let issued_at = now();
+    let issued_at = actors::db::now();
     let sequence: i64 = sqlx::query_scalar("SELECT nextval('invoice_number_seq')")
         .fetch_one(&mut *tx)
         .await?;
@@ -311,7 +306,7 @@ async fn void(
     if !invoice.status.voided_by_cancel() {
         return Ok(Effect::Nothing);
     }
-    let at = now();
+    let at = actors::db::now();
     sqlx::query("UPDATE invoices SET status = 'void', voided_at = $2 WHERE id = $1")
         .bind(invoice.id)
         .bind(at)

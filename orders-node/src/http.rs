@@ -154,26 +154,18 @@ impl OrderRoutes {
     async fn list(&self, req: &HttpRequest) -> Result<Response, Problem> {
         let params = ListParams::parse(req.query_params()?, &["customer_id", "status"])?;
         let mut errors = Vec::new();
-        let customer_id = params.filters.get("customer_id").and_then(|v| {
-            let id = uuid::Uuid::parse_str(v).ok();
-            if id.is_none() {
-                errors.push(actors::http::FieldError::new(
-                    "customer_id",
-                    "must be a UUID",
-                ));
-            }
-            id
-        });
-        let status = params.filters.get("status").and_then(|v| {
-            let s = OrderStatus::parse(v);
-            if s.is_none() {
-                errors.push(actors::http::FieldError::new(
-                    "status",
-                    "must be one of pending, invoiced, paid, canceled",
-                ));
-            }
-            s
-        });
+        let customer_id = params.filter(
+            "customer_id",
+            |v| uuid::Uuid::parse_str(v).ok(),
+            "must be a UUID",
+            &mut errors,
+        );
+        let status = params.filter(
+            "status",
+            OrderStatus::parse,
+            "must be one of pending, invoiced, paid, canceled",
+            &mut errors,
+        );
         if !errors.is_empty() {
             return Err(Problem::validation(errors));
         }

@@ -93,12 +93,6 @@ const SELECT_BY_ID: &str = "SELECT id, customer_id, currency, items, total_cents
 const LOCK_BY_ID: &str = "SELECT id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at
                             FROM orders WHERE id = $1 FOR UPDATE";
 
-/// Now, at PostgreSQL's microsecond precision, so what we return equals what we read back.
-fn now() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
-}
-
 /// Creates an order and its `order.created` event in one transaction, honouring the
 /// Idempotency-Key. A transaction-scoped advisory lock on the key tells "still in flight"
 /// (409) from "done" (replay) without a separate in-progress state that a crash could strand.
@@ -136,7 +130,7 @@ pub async fn create(
             };
         }
     }
-    let at = now();
+    let at = actors::db::now();
     let order = Order {
         id: Uuid::now_v7(),
         customer_id: new.customer_id,
@@ -247,7 +241,7 @@ pub async fn cancel(
         CancelDecision::Refuse => return Err(StoreError::PaidCannotCancel),
         CancelDecision::Cancel => {}
     }
-    let at = now();
+    let at = actors::db::now();
     sqlx::query("UPDATE orders SET status = 'canceled', updated_at = $2 WHERE id = $1")
         .bind(id)
         .bind(at)
@@ -294,7 +288,7 @@ pub async fn apply_invoice_event(
         .bind(order_id)
         .bind(next.as_str())
         .bind(invoice_id)
-        .bind(now())
+        .bind(actors::db::now())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

@@ -381,23 +381,7 @@ async fn handle_delivery(args: Arc<ConsumerArgs>, delivery: Delivery, stop: watc
                         "dependency unavailable; retrying with backoff"
                     );
                 }
-                args.metrics
-                    .consumed
-                    .with_label_values(&[queue, event_type, "retried"])
-                    .inc();
-                if !wait_or_stop(
-                    backoff(args.backoff_min, args.backoff_max, outages),
-                    stop.clone(),
-                )
-                .await
-                {
-                    let _ = delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
+                if !retry_later(&args, &delivery, event_type, outages, &stop).await {
                     return;
                 }
             }
@@ -408,23 +392,7 @@ async fn handle_delivery(args: Arc<ConsumerArgs>, delivery: Delivery, stop: watc
                     dead_letter(&args, &delivery, event_type).await;
                     return;
                 }
-                args.metrics
-                    .consumed
-                    .with_label_values(&[queue, event_type, "retried"])
-                    .inc();
-                if !wait_or_stop(
-                    backoff(args.backoff_min, args.backoff_max, failures),
-                    stop.clone(),
-                )
-                .await
-                {
-                    let _ = delivery
-                        .acker
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
+                if !retry_later(&args, &delivery, event_type, failures, &stop).await {
                     return;
                 }
             }
@@ -458,6 +426,37 @@ where
             "the store worker stopped while handling the event".into(),
         )),
     }
+}
+
+/// Counts a retry and waits out the backoff of `attempt`. `false` when the node began
+/// stopping meanwhile: the message is then requeued for another consumer or a later run.
+async fn retry_later(
+    args: &ConsumerArgs,
+    delivery: &Delivery,
+    event_type: &str,
+    attempt: u32,
+    stop: &watch::Receiver<bool>,
+) -> bool {
+    args.metrics
+        .consumed
+        .with_label_values(&[args.queue, event_type, "retried"])
+        .inc();
+    if wait_or_stop(
+        backoff(args.backoff_min, args.backoff_max, attempt),
+        stop.clone(),
+    )
+    .await
+    {
+        return true;
+    }
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await;
+    false
 }
 
 /// Sleeps for `delay`; `false` if the node began stopping meanwhile.

@@ -77,6 +77,23 @@ pub struct ListParams {
 }
 
 impl ListParams {
+    /// The optional filter `name`, parsed by `parse`; a value it refuses is recorded in
+    /// `errors` (for one 422 listing every bad parameter).
+    pub fn filter<T>(
+        &self,
+        name: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        expected: &str,
+        errors: &mut Vec<FieldError>,
+    ) -> Option<T> {
+        let raw = self.filters.get(name)?;
+        let parsed = parse(raw);
+        if parsed.is_none() {
+            errors.push(FieldError::new(name, expected));
+        }
+        parsed
+    }
+
     /// `allowed` are the node's filter names; any other parameter is a 422 like any
     /// schema violation. A bad limit is 422, a bad cursor 400 (api.md).
     pub fn parse(mut query: HashMap<String, String>, allowed: &[&str]) -> Result<Self, Problem> {

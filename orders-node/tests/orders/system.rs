@@ -303,3 +303,32 @@ async fn sigterm_drains_and_exits_zero_and_nothing_accepted_is_lost() {
     ids.sort();
     assert_eq!(seen, ids);
 }
+
+#[tokio::test]
+async fn the_healthcheck_command_reports_readiness_for_container_health_checks() {
+    let env = TestEnv::new();
+    let process = NodeProcess::start(
+        env!("CARGO_BIN_EXE_orders-node"),
+        &env.vars("orders"),
+        free_port(),
+    );
+    process.wait_up().await;
+    let check = |addr: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_orders-node"))
+            .arg("healthcheck")
+            .env("HTTP_ADDR", addr)
+            .status()
+            .expect("healthcheck runs")
+    };
+    let ready = eventually("healthcheck passes", Duration::from_secs(10), || async {
+        check(process.addr.to_string()).success().then_some(())
+    })
+    .await;
+    assert_eq!(ready, ());
+    // Listening on all interfaces, as in a container: it probes loopback.
+    assert!(
+        !check(format!("0.0.0.0:{}", free_port())).success(),
+        "nothing listens there"
+    );
+    assert!(check(format!("0.0.0.0:{}", process.addr.port())).success());
+}
