@@ -171,3 +171,59 @@ async fn with_the_database_refusing_connections_requests_get_503_with_retry_afte
     admin.close().await;
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn past_the_in_flight_limit_intake_answers_503_instead_of_queueing() {
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[("HTTP_MAX_IN_FLIGHT", "1")]).await;
+    let order = create_order(&c).await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    // Hold the order's row lock so a cancel stays in flight, using the one permit.
+    let pool = env.pg(&env.database("orders")).await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let stuck = {
+        let c = c.clone();
+        let id = id.clone();
+        tokio::spawn(async move { c.post_empty(&format!("/orders/{id}/cancel")).await })
+    };
+    // Wait until the cancel is really in flight: blocked on the row lock.
+    let admin = sqlx::PgPool::connect(testkit::PG_ADMIN_URL).await.unwrap();
+    eventually("the cancel waiting on the row lock", Duration::from_secs(10), || async {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'")
+            .bind(env.database("orders"))
+            .fetch_one(&admin)
+            .await
+            .ok()?;
+        (waiting == 1).then_some(())
+    })
+    .await;
+    admin.close().await;
+    let refused = eventually(
+        "a 503 while the permit is taken",
+        Duration::from_secs(10),
+        || async {
+            let r = c.get("/orders").await;
+            (r.status == 503).then_some(r)
+        },
+    )
+    .await;
+    refused.problem(503);
+    assert!(refused.header("retry-after").is_some());
+    // Probes are not counted against the limit.
+    assert_eq!(c.get("/health").await.status, 200);
+    holder.rollback().await.unwrap();
+    let done = stuck.await.unwrap();
+    assert_eq!(
+        (done.status, done.body["status"].as_str()),
+        (200, Some("canceled")),
+        "{}",
+        done.text
+    );
+    assert_eq!(c.get("/orders").await.status, 200);
+    node.shutdown().await;
+}
