@@ -4,8 +4,6 @@
 //!
 //! Everything here talks to the real services on localhost; nothing is mocked.
 
-#![allow(clippy::unwrap_used)] // test support: a failed setup step should fail the test loudly
-
 pub mod otlp;
 
 use std::process::Command;
@@ -63,7 +61,7 @@ impl TestEnv {
     /// The database name of `node` in this env (always the same), dropped with the env.
     pub fn database(&self, node: &str) -> String {
         let name = format!("t_{}_{}", self.id, node.replace('-', "_"));
-        let mut dbs = self.databases.lock().unwrap();
+        let mut dbs = self.databases.lock().expect("env lock not poisoned");
         if !dbs.contains(&name) {
             dbs.push(name.clone());
         }
@@ -456,7 +454,9 @@ impl NodeProcess {
         for (k, v) in vars.iter() {
             cmd.env(k, v);
         }
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}")
+            .parse()
+            .expect("a loopback address");
         cmd.env("HTTP_ADDR", addr.to_string())
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -513,8 +513,7 @@ impl Drop for NodeProcess {
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
         .port()
 }

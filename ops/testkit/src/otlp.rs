@@ -67,7 +67,7 @@ impl Receiver {
             .and(warp::body::bytes())
             .map(move |body: bytes::Bytes| {
                 if let Ok(request) = ExportTraceServiceRequest::decode(body) {
-                    let mut sink = sink.lock().unwrap();
+                    let mut sink = sink.lock().expect("receiver lock not poisoned");
                     for resource_spans in request.resource_spans {
                         let service = resource_spans
                             .resource
@@ -98,8 +98,10 @@ impl Receiver {
                     .header("content-type", "application/x-protobuf")
                     .body(ExportTraceServiceResponse::default().encode_to_vec())
             });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port for the OTLP receiver");
+        let addr = listener.local_addr().expect("bound address");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(
             warp::serve(route)
@@ -122,7 +124,10 @@ impl Receiver {
     }
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
-        self.spans.lock().unwrap().clone()
+        self.spans
+            .lock()
+            .expect("receiver lock not poisoned")
+            .clone()
     }
 
     /// The spans of one trace.
