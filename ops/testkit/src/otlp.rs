@@ -1,10 +1,14 @@
-//! An OTLP/HTTP trace receiver inside the test: nodes export to it exactly as they would to
-//! Jaeger or a collector, and tests look at the decoded spans.
+//! An OTLP trace receiver inside the test, over OTLP/HTTP (protobuf) or OTLP/gRPC: nodes
+//! export to it exactly as they would to Jaeger or a collector, and tests look at the
+//! decoded spans.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
@@ -51,48 +55,96 @@ fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
         .collect()
 }
 
-/// Listens on 127.0.0.1 for `POST /v1/traces` (protobuf) until dropped.
+type Sink = Arc<Mutex<Vec<ReceivedSpan>>>;
+
+fn record(sink: &Sink, request: ExportTraceServiceRequest) {
+    let mut sink = sink.lock().expect("receiver lock not poisoned");
+    for resource_spans in request.resource_spans {
+        let service = resource_spans
+            .resource
+            .as_ref()
+            .and_then(|r| attrs(&r.attributes).get("service.name").cloned())
+            .unwrap_or_default();
+        for scope in resource_spans.scope_spans {
+            for span in scope.spans {
+                sink.push(ReceivedSpan {
+                    service: service.clone(),
+                    name: span.name.clone(),
+                    kind: span.kind,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    attributes: attrs(&span.attributes),
+                    events: span
+                        .events
+                        .iter()
+                        .map(|e| (e.name.clone(), attrs(&e.attributes)))
+                        .collect(),
+                });
+            }
+        }
+    }
+}
+
+struct GrpcSink(Sink);
+
+#[tonic::async_trait]
+impl TraceService for GrpcSink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        record(&self.0, request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Listens on 127.0.0.1 until dropped.
 pub struct Receiver {
     pub addr: SocketAddr,
-    spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// The `OTEL_EXPORTER_OTLP_PROTOCOL` value a node must use to reach it.
+    pub protocol: &'static str,
+    spans: Sink,
     _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Receiver {
+    /// OTLP/gRPC (`TraceService/Export`).
+    pub async fn start_grpc() -> Self {
+        let spans: Sink = Arc::default();
+        let port = crate::free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(GrpcSink(spans.clone())))
+            .serve_with_shutdown(addr, async move {
+                let _ = rx.await;
+            });
+        tokio::spawn(server);
+        crate::eventually(
+            "the gRPC receiver listening",
+            std::time::Duration::from_secs(5),
+            || async { tokio::net::TcpStream::connect(addr).await.ok().map(|_| ()) },
+        )
+        .await;
+        Self {
+            addr,
+            protocol: "grpc",
+            spans,
+            _shutdown: tx,
+        }
+    }
+
+    /// OTLP/HTTP with protobuf bodies (`POST /v1/traces`).
     pub async fn start() -> Self {
-        let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
+        let spans: Sink = Arc::default();
         let sink = spans.clone();
         let route = warp::post()
             .and(warp::path!("v1" / "traces"))
             .and(warp::body::bytes())
             .map(move |body: bytes::Bytes| {
                 if let Ok(request) = ExportTraceServiceRequest::decode(body) {
-                    let mut sink = sink.lock().expect("receiver lock not poisoned");
-                    for resource_spans in request.resource_spans {
-                        let service = resource_spans
-                            .resource
-                            .as_ref()
-                            .and_then(|r| attrs(&r.attributes).get("service.name").cloned())
-                            .unwrap_or_default();
-                        for scope in resource_spans.scope_spans {
-                            for span in scope.spans {
-                                sink.push(ReceivedSpan {
-                                    service: service.clone(),
-                                    name: span.name.clone(),
-                                    kind: span.kind,
-                                    trace_id: hex(&span.trace_id),
-                                    span_id: hex(&span.span_id),
-                                    parent_span_id: hex(&span.parent_span_id),
-                                    attributes: attrs(&span.attributes),
-                                    events: span
-                                        .events
-                                        .iter()
-                                        .map(|e| (e.name.clone(), attrs(&e.attributes)))
-                                        .collect(),
-                                });
-                            }
-                        }
-                    }
+                    record(&sink, request);
                 }
                 warp::http::Response::builder()
                     .header("content-type", "application/x-protobuf")
@@ -113,12 +165,13 @@ impl Receiver {
         );
         Self {
             addr,
+            protocol: "http/protobuf",
             spans,
             _shutdown: tx,
         }
     }
 
-    /// The endpoint to put in `OTEL_EXPORTER_OTLP_ENDPOINT` (protocol `http/protobuf`).
+    /// The endpoint to put in `OTEL_EXPORTER_OTLP_ENDPOINT` (with `protocol`).
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -25,7 +25,7 @@ fn invoices_binary() -> PathBuf {
 fn with_otel(env: &TestEnv, node: &str, receiver: &Receiver) -> actors::config::Vars {
     let mut vars = env.vars(node);
     vars.set("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
-    vars.set("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+    vars.set("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol);
     vars.set("OTEL_BSP_SCHEDULE_DELAY", "100");
     vars
 }
@@ -67,9 +67,17 @@ fn assert_messaging(span: &ReceivedSpan, exchange: &str, routing_key: &str) {
 }
 
 #[tokio::test]
-async fn an_order_is_one_trace_from_the_http_request_to_the_invoice_and_back() {
+async fn an_order_is_one_trace_from_the_http_request_to_the_invoice_and_back_over_otlp_http() {
+    one_trace_per_order(Receiver::start().await).await
+}
+
+#[tokio::test]
+async fn an_order_is_one_trace_from_the_http_request_to_the_invoice_and_back_over_otlp_grpc() {
+    one_trace_per_order(Receiver::start_grpc().await).await
+}
+
+async fn one_trace_per_order(receiver: Receiver) {
     let env = TestEnv::new();
-    let receiver = Receiver::start().await;
     let mut invoices = NodeProcess::start(
         invoices_binary().to_str().unwrap(),
         &with_otel(&env, "invoices", &receiver),
