@@ -282,11 +282,42 @@ async fn publish_batch(state: &mut RelayState) -> Result<usize, RelayError> {
         tx.commit().await?;
         return Ok(0);
     }
+    let (acked, refused) = match publish_rows(state, &rows).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            // Unlock the rows now: a dropped transaction rolls back only in the background,
+            // and until then every relay (this one included) would skip them.
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    };
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+        .bind(&acked)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    state
+        .args
+        .metrics
+        .outbox_batch
+        .observe(started.elapsed().as_secs_f64());
+    if refused > 0 {
+        return Err(RelayError::Nacked(refused));
+    }
+    Ok(rows.len())
+}
+
+/// Publishes every row with confirms in flight together; returns the ids the broker
+/// acknowledged and how many it refused.
+async fn publish_rows(
+    state: &mut RelayState,
+    rows: &[PendingRow],
+) -> Result<(Vec<i64>, usize), RelayError> {
     let channel = confirm_channel(state).await?;
     let mut confirms = Vec::with_capacity(rows.len());
     // Each producer span stays open until the broker confirmed its message.
     let mut spans = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let cause: Causation = serde_json::from_value(row.headers.clone()).unwrap_or_default();
         let span = publish_span(row, &cause);
         let props = properties(row, &state.args.app_id, &span);
@@ -302,10 +333,10 @@ async fn publish_batch(state: &mut RelayState) -> Result<usize, RelayError> {
             .await?;
         confirms.push(confirm);
     }
-    let mut acked = Vec::with_capacity(rows.len());
-    let mut refused = 0;
     let confirmations = join_all(confirms).await;
     drop(spans);
+    let mut acked = Vec::with_capacity(rows.len());
+    let mut refused = 0;
     for (row, confirmation) in rows.iter().zip(confirmations) {
         match confirmation? {
             Confirmation::Ack(_) => {
@@ -320,20 +351,7 @@ async fn publish_batch(state: &mut RelayState) -> Result<usize, RelayError> {
             Confirmation::Nack(_) | Confirmation::NotRequested => refused += 1,
         }
     }
-    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
-        .bind(&acked)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    state
-        .args
-        .metrics
-        .outbox_batch
-        .observe(started.elapsed().as_secs_f64());
-    if refused > 0 {
-        return Err(RelayError::Nacked(refused));
-    }
-    Ok(rows.len())
+    Ok((acked, refused))
 }
 
 async fn update_backlog_metrics(state: &RelayState) {

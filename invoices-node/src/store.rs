@@ -149,8 +149,15 @@ pub async fn pay(
         .await?;
     let mut invoice: Invoice = row.ok_or(StoreError::NotFound)?.try_into()?;
     match invoice.status.on_pay() {
-        PayDecision::AlreadyPaid => return Ok((invoice, false)),
-        PayDecision::Refuse => return Err(StoreError::VoidCannotBePaid),
+        // Release the row lock before answering: a dropped transaction rolls back later.
+        PayDecision::AlreadyPaid => {
+            tx.rollback().await?;
+            return Ok((invoice, false));
+        }
+        PayDecision::Refuse => {
+            tx.rollback().await?;
+            return Err(StoreError::VoidCannotBePaid);
+        }
         PayDecision::Pay => {}
     }
     let at = actors::db::now();
@@ -190,6 +197,9 @@ pub async fn apply_order_event(
         .execute(&mut *tx)
         .await?;
     if !outbox::first_delivery(&mut tx, event.event_id(), event.routing_key()).await? {
+        // Release the order's advisory lock now rather than when the dropped transaction
+        // is rolled back in the background.
+        tx.rollback().await?;
         return Ok((Handled::Duplicate, Effect::Nothing));
     }
     let effect = match event {

@@ -120,6 +120,9 @@ pub async fn create(
                 .fetch_optional(&mut *tx)
                 .await?;
         if let Some((Json(previous_request), status, Json(body))) = previous {
+            // End the transaction now: dropping it would roll back later, and the key's lock
+            // would outlive this answer, turning a quick retry into a spurious 409.
+            tx.rollback().await?;
             return if previous_request == request {
                 Ok(Created::Replayed {
                     status: status as u16,
@@ -237,8 +240,15 @@ pub async fn cancel(
     let mut tx = pool.begin().await?;
     let mut order = lock_order(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
     match order.status.on_cancel() {
-        CancelDecision::AlreadyCanceled => return Ok((order, false)),
-        CancelDecision::Refuse => return Err(StoreError::PaidCannotCancel),
+        // Release the row lock before answering (see `create`).
+        CancelDecision::AlreadyCanceled => {
+            tx.rollback().await?;
+            return Ok((order, false));
+        }
+        CancelDecision::Refuse => {
+            tx.rollback().await?;
+            return Err(StoreError::PaidCannotCancel);
+        }
         CancelDecision::Cancel => {}
     }
     let at = actors::db::now();
@@ -274,6 +284,7 @@ pub async fn apply_invoice_event(
     };
     let mut tx = pool.begin().await?;
     if !outbox::first_delivery(&mut tx, event.event_id(), event.routing_key()).await? {
+        tx.rollback().await?;
         return Ok((Handled::Duplicate, None));
     }
     let order = lock_order(&mut tx, order_id)

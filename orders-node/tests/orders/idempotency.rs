@@ -8,7 +8,9 @@ use crate::spawn_orders;
 #[tokio::test]
 async fn a_repeated_key_replays_the_original_and_creates_nothing() {
     let env = TestEnv::new();
-    let (node, c) = spawn_orders(&env, &[]).await;
+    // Many pooled connections: a transaction left to roll back in the background would keep
+    // the key locked on a connection the next request does not get.
+    let (node, c) = spawn_orders(&env, &[("DATABASE_POOL_SIZE", "16")]).await;
     let body = testkit::order_body();
     let first = c
         .send(
@@ -31,6 +33,24 @@ async fn a_repeated_key_replays_the_original_and_creates_nothing() {
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.body, first.body);
     assert_eq!(again.header("location"), first.header("location"));
+
+    // Back-to-back repeats: each one answers only after its transaction (and the key's lock)
+    // has ended, so the next one is a replay too, never a spurious "in progress".
+    for _ in 0..20 {
+        let again = c
+            .send(
+                c.request(Method::POST, "/orders")
+                    .header("idempotency-key", "key-1")
+                    .json(&body),
+            )
+            .await;
+        assert_eq!(
+            (again.status, again.header("idempotent-replayed")),
+            (201, Some("true")),
+            "{}",
+            again.text
+        );
+    }
 
     // Same key, different body: 422, and still one order.
     let mut other = body.clone();
