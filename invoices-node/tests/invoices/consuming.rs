@@ -284,3 +284,69 @@ async fn cancel_voids_an_issued_invoice_keeps_a_paid_one_and_precedes_a_late_cre
         .problem(409);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn with_the_database_away_deliveries_are_retried_with_backoff_not_dead_lettered() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let (node, c) = spawn_invoices(&env, &[]).await;
+    let db = env.database("invoices");
+    let admin = sqlx::PgPool::connect(testkit::PG_ADMIN_URL).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&db)
+        .execute(&admin)
+        .await
+        .unwrap();
+
+    let order_id = Uuid::new_v4();
+    amqp.publish_event(&order_created(order_id)).await;
+    eventually(
+        "retries while the database is away",
+        Duration::from_secs(10),
+        || async {
+            let m = c.get("/metrics").await.text;
+            (metric(&m, "messages_consumed_total", &[("outcome", "retried")]).unwrap_or(0.0) >= 2.0)
+                .then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let m = c.get("/metrics").await.text;
+    let retried = metric(&m, "messages_consumed_total", &[("outcome", "retried")]).unwrap_or(0.0);
+    // Backoff (50 ms doubling to 1 s in tests), not a hot loop: a handful of tries in ~3 s.
+    assert!(retried < 15.0, "{retried} retries: a hot loop");
+    assert_eq!(
+        metric(
+            &m,
+            "messages_consumed_total",
+            &[("outcome", "dead_lettered")]
+        ),
+        None
+    );
+
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+    admin.close().await;
+    eventually(
+        "the invoice once the database is back",
+        Duration::from_secs(15),
+        || async { invoices_of(&c, order_id).await.pop() },
+    )
+    .await;
+    assert_eq!(
+        amqp.ready_count(&topology::dead_letter_queue(topology::INVOICES_NODE_QUEUE))
+            .await,
+        0
+    );
+    node.shutdown().await;
+}

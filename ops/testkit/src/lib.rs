@@ -21,7 +21,8 @@ use serde_json::Value;
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-fn rabbitmqctl(args: &[&str]) {
+/// Runs `rabbitmqctl` and fails the test if it fails.
+pub fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
         .args(args)
         .output()

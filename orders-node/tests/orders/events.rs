@@ -116,3 +116,74 @@ async fn an_event_for_an_unknown_order_is_dead_lettered_and_consumption_goes_on(
     .await;
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn while_the_broker_is_away_events_wait_and_then_leave_in_the_order_written() {
+    let env = TestEnv::new();
+    // The broker "is away" for this node: its vhost does not exist until later.
+    testkit::rabbitmqctl(&["delete_vhost", &env.vhost]);
+    // Two replicas on one database, publishing one row at a time, so their relays interleave.
+    let settings = [
+        ("AMQP_URL", env.amqp_url()),
+        ("OUTBOX_BATCH_SIZE", "1".to_owned()),
+    ];
+    let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (node, c) = spawn_orders(&env, &settings).await;
+    let (replica, _) = spawn_orders(&env, &settings).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let order = create_order(&c).await;
+        let id = order["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            c.post_empty(&format!("/orders/{id}/cancel")).await.status,
+            200
+        );
+        ids.push(id);
+    }
+    // Twenty events (a create and a cancel per order) wait in the outbox.
+    eventually("a backlog of twenty", Duration::from_secs(5), || async {
+        (metric(&c.get("/metrics").await.text, "outbox_pending_events", &[]) == Some(20.0))
+            .then_some(())
+    })
+    .await;
+
+    // The broker comes back.
+    testkit::rabbitmqctl(&["add_vhost", &env.vhost]);
+    testkit::rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        &env.vhost,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    let amqp = env.amqp().await;
+    let mut events = amqp
+        .watch(contracts::topology::ORDERS_EXCHANGE, "order.*")
+        .await;
+    let mut seen: Vec<(String, &'static str)> = Vec::new();
+    while seen.len() < 20 {
+        let d = tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .expect("the backlog drains")
+            .unwrap();
+        let event = contracts::decode(d.routing_key.as_str(), &d.data).unwrap();
+        seen.push((event.order_id().to_string(), event.routing_key()));
+    }
+    for id in &ids {
+        let kinds: Vec<&str> = seen
+            .iter()
+            .filter(|(o, _)| o == id)
+            .map(|(_, k)| *k)
+            .collect();
+        assert_eq!(kinds, vec!["order.created", "order.canceled"], "order {id}");
+    }
+    eventually("backlog empty", Duration::from_secs(5), || async {
+        (metric(&c.get("/metrics").await.text, "outbox_pending_events", &[]) == Some(0.0))
+            .then_some(())
+    })
+    .await;
+    node.shutdown().await;
+    replica.shutdown().await;
+}
