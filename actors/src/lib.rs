@@ -14,6 +14,7 @@
 //! | [`node`] | running a built node until a signal, with a graceful shutdown |
 
 pub mod amqp;
+pub mod backoff;
 pub mod config;
 pub mod db;
 pub mod http;

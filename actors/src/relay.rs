@@ -165,11 +165,11 @@ impl Actor for OutboxRelay {
             Err(e) => {
                 state.channel = None;
                 state.failures += 1;
-                let delay = state
-                    .args
-                    .backoff_min
-                    .saturating_mul(1u32 << state.failures.saturating_sub(1).min(16))
-                    .min(state.args.backoff_max);
+                let delay = crate::backoff::exponential(
+                    state.args.backoff_min,
+                    state.args.backoff_max,
+                    state.failures,
+                );
                 state.next_attempt = Instant::now() + delay;
                 if state.failures == 1 || state.failures.is_multiple_of(20) {
                     tracing::warn!(error = %e, failures = state.failures, retry_in = ?delay, "outbox relay cannot publish; events wait in the outbox");

@@ -171,10 +171,8 @@ impl RestartPolicy {
     /// The delay before the `n`-th restart within the window (n ≥ 1): doubling from
     /// `backoff_min`, capped at `backoff_max`.
     pub fn backoff(&self, n: usize) -> Duration {
-        let factor = 1u32 << n.saturating_sub(1).min(16);
-        self.backoff_min
-            .saturating_mul(factor)
-            .min(self.backoff_max)
+        let attempt = u32::try_from(n).unwrap_or(u32::MAX);
+        crate::backoff::exponential(self.backoff_min, self.backoff_max, attempt)
     }
 }
 

@@ -101,11 +101,6 @@ pub struct ConsumerState {
     stream_task: Option<tokio::task::JoinHandle<()>>,
 }
 
-fn backoff(min: Duration, max: Duration, attempt: u32) -> Duration {
-    min.saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
-        .min(max)
-}
-
 impl Actor for Consumer {
     type Msg = ConsumerMsg;
     type State = ConsumerState;
@@ -163,7 +158,7 @@ impl Actor for Consumer {
                 }
                 Err(e) => {
                     state.failures += 1;
-                    let delay = backoff(
+                    let delay = crate::backoff::exponential(
                         state.args.backoff_min,
                         state.args.backoff_max,
                         state.failures,
@@ -442,7 +437,7 @@ async fn retry_later(
         .with_label_values(&[args.queue, event_type, "retried"])
         .inc();
     if wait_or_stop(
-        backoff(args.backoff_min, args.backoff_max, attempt),
+        crate::backoff::exponential(args.backoff_min, args.backoff_max, attempt),
         stop.clone(),
     )
     .await

@@ -89,11 +89,7 @@ impl LinkState {
     }
 
     fn backoff(&self) -> Duration {
-        let factor = 1u32 << self.failures.saturating_sub(1).min(16);
-        self.args
-            .backoff_min
-            .saturating_mul(factor)
-            .min(self.args.backoff_max)
+        crate::backoff::exponential(self.args.backoff_min, self.args.backoff_max, self.failures)
     }
 
     fn schedule_connect(&mut self, myself: &ActorRef<LinkMsg>) {

@@ -290,19 +290,7 @@ async fn with_the_database_away_deliveries_are_retried_with_backoff_not_dead_let
     let env = TestEnv::new();
     let amqp = env.amqp().await;
     let (node, c) = spawn_invoices(&env, &[]).await;
-    let db = env.database("invoices");
-    let admin = sqlx::PgPool::connect(testkit::PG_ADMIN_URL).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&db)
-        .execute(&admin)
-        .await
-        .unwrap();
+    env.set_database_accepting("invoices", false).await;
 
     let order_id = Uuid::new_v4();
     amqp.publish_event(&order_created(order_id)).await;
@@ -330,13 +318,7 @@ async fn with_the_database_away_deliveries_are_retried_with_backoff_not_dead_let
         None
     );
 
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    admin.close().await;
+    env.set_database_accepting("invoices", true).await;
     eventually(
         "the invoice once the database is back",
         Duration::from_secs(15),

@@ -112,6 +112,30 @@ impl TestEnv {
         }
     }
 
+    /// Makes `node`'s database refuse new connections (and drops the existing ones), or
+    /// accept them again: an outage scoped to this test alone.
+    pub async fn set_database_accepting(&self, node: &str, accepting: bool) {
+        let db = self.database(node);
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL)
+            .await
+            .expect("admin connection");
+        let sql = format!("ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS {accepting}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .expect("ALTER DATABASE");
+        if !accepting {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            )
+            .bind(&db)
+            .execute(&admin)
+            .await
+            .expect("terminate sessions");
+        }
+        admin.close().await;
+    }
+
     /// A direct connection to one of this env's databases.
     pub async fn pg(&self, db: &str) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()

@@ -5,6 +5,16 @@ use testkit::TestEnv;
 
 use crate::spawn_orders;
 
+/// `POST /orders` with an `Idempotency-Key`.
+async fn post_with_key(c: &testkit::Client, key: &str, body: &serde_json::Value) -> testkit::Reply {
+    c.send(
+        c.request(Method::POST, "/orders")
+            .header("idempotency-key", key)
+            .json(body),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn a_repeated_key_replays_the_original_and_creates_nothing() {
     let env = TestEnv::new();
@@ -12,23 +22,11 @@ async fn a_repeated_key_replays_the_original_and_creates_nothing() {
     // the key locked on a connection the next request does not get.
     let (node, c) = spawn_orders(&env, &[("DATABASE_POOL_SIZE", "16")]).await;
     let body = testkit::order_body();
-    let first = c
-        .send(
-            c.request(Method::POST, "/orders")
-                .header("idempotency-key", "key-1")
-                .json(&body),
-        )
-        .await;
+    let first = post_with_key(&c, "key-1", &body).await;
     assert_eq!(first.status, 201, "{}", first.text);
     assert_eq!(first.header("idempotent-replayed"), None);
 
-    let again = c
-        .send(
-            c.request(Method::POST, "/orders")
-                .header("idempotency-key", "key-1")
-                .json(&body),
-        )
-        .await;
+    let again = post_with_key(&c, "key-1", &body).await;
     assert_eq!(again.status, 201);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(again.body, first.body);
@@ -37,13 +35,7 @@ async fn a_repeated_key_replays_the_original_and_creates_nothing() {
     // Back-to-back repeats: each one answers only after its transaction (and the key's lock)
     // has ended, so the next one is a replay too, never a spurious "in progress".
     for _ in 0..20 {
-        let again = c
-            .send(
-                c.request(Method::POST, "/orders")
-                    .header("idempotency-key", "key-1")
-                    .json(&body),
-            )
-            .await;
+        let again = post_with_key(&c, "key-1", &body).await;
         assert_eq!(
             (again.status, again.header("idempotent-replayed")),
             (201, Some("true")),
@@ -55,13 +47,7 @@ async fn a_repeated_key_replays_the_original_and_creates_nothing() {
     // Same key, different body: 422, and still one order.
     let mut other = body.clone();
     other["currency"] = "USD".into();
-    let mismatch = c
-        .send(
-            c.request(Method::POST, "/orders")
-                .header("idempotency-key", "key-1")
-                .json(&other),
-        )
-        .await;
+    let mismatch = post_with_key(&c, "key-1", &other).await;
     mismatch.problem(422);
     let list = c.get("/orders").await;
     assert_eq!(
@@ -96,23 +82,11 @@ async fn a_key_whose_first_request_is_in_flight_is_409() {
         .await
         .unwrap();
 
-    let r = c
-        .send(
-            c.request(Method::POST, "/orders")
-                .header("idempotency-key", "busy-key")
-                .json(&testkit::order_body()),
-        )
-        .await;
+    let r = post_with_key(&c, "busy-key", &testkit::order_body()).await;
     r.problem(409);
 
     holder.rollback().await.unwrap();
-    let r = c
-        .send(
-            c.request(Method::POST, "/orders")
-                .header("idempotency-key", "busy-key")
-                .json(&testkit::order_body()),
-        )
-        .await;
+    let r = post_with_key(&c, "busy-key", &testkit::order_body()).await;
     assert_eq!(r.status, 201, "{}", r.text);
     node.shutdown().await;
 }

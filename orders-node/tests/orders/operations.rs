@@ -128,20 +128,8 @@ async fn with_the_broker_unreachable_orders_are_still_accepted_and_ready() {
 async fn with_the_database_refusing_connections_requests_get_503_with_retry_after() {
     let env = TestEnv::new();
     let (node, c) = spawn_orders(&env, &[]).await;
-    let db = env.database("orders");
-    let admin = sqlx::PgPool::connect(testkit::PG_ADMIN_URL).await.unwrap();
     // Scoped to this test's database: refuse new connections and drop the existing ones.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS false"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
-    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
-        .bind(&db)
-        .execute(&admin)
-        .await
-        .unwrap();
+    env.set_database_accepting("orders", false).await;
 
     let r = eventually(
         "503 while the database is away",
@@ -158,17 +146,11 @@ async fn with_the_database_refusing_connections_requests_get_503_with_retry_afte
     assert_eq!(ready.status, 503);
     assert_eq!(ready.body["checks"]["database"], "down");
 
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS true"
-    )))
-    .execute(&admin)
-    .await
-    .unwrap();
+    env.set_database_accepting("orders", true).await;
     eventually("serving again", Duration::from_secs(15), || async {
         (c.post_json("/orders", &testkit::order_body()).await.status == 201).then_some(())
     })
     .await;
-    admin.close().await;
     node.shutdown().await;
 }
 
