@@ -244,8 +244,17 @@ pub struct CommonConfig {
     pub database_pool_size: u32,
     /// `AMQP_URL`
     pub amqp_url: SecretUrl,
-    /// `AMQP_PREFETCH` (default 64): unacknowledged deliveries per consumer.
+    /// `AMQP_PREFETCH` (default 256): unacknowledged deliveries per consumer.
     pub amqp_prefetch: u16,
+    /// `CONSUMER_LANES` (default 4): deliveries handled concurrently, one order per lane.
+    pub consumer_lanes: usize,
+    /// `CONSUMER_BATCH_SIZE` (default 64): the most deliveries applied in one transaction.
+    pub consumer_batch_size: usize,
+    /// `STORE_WORKERS` (default 8): store worker actors pulling from one queue.
+    pub store_workers: usize,
+    /// `STORE_BATCH_SIZE` (default 64): the most jobs a store worker takes at once; the
+    /// creates among them commit in one transaction.
+    pub store_batch_size: usize,
     /// `AMQP_HEARTBEAT` (default 10s): how soon a dead connection is noticed.
     pub amqp_heartbeat: Duration,
     /// `RECONNECT_BACKOFF_MIN` / `RECONNECT_BACKOFF_MAX` (100ms / 10s)
@@ -307,7 +316,11 @@ impl CommonConfig {
                 "amqp://guest:guest@localhost:5672/%2f",
                 &["amqp", "amqps"],
             )?,
-            amqp_prefetch: vars.number("AMQP_PREFETCH", 64, 1..=10_000)?,
+            amqp_prefetch: vars.number("AMQP_PREFETCH", 256, 1..=10_000)?,
+            consumer_lanes: vars.number("CONSUMER_LANES", 4, 1..=256)?,
+            consumer_batch_size: vars.number("CONSUMER_BATCH_SIZE", 64, 1..=10_000)?,
+            store_workers: vars.number("STORE_WORKERS", 8, 1..=1000)?,
+            store_batch_size: vars.number("STORE_BATCH_SIZE", 64, 1..=10_000)?,
             amqp_heartbeat: vars.duration("AMQP_HEARTBEAT", Duration::from_secs(10))?,
             reconnect_backoff_min: backoff_min,
             reconnect_backoff_max: backoff_max,

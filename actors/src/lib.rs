@@ -2,8 +2,9 @@
 //!
 //! | module | what it holds |
 //! |---|---|
-//! | [`supervision`] | the [`supervision::Supervisor`] actor (restart with backoff, escalation), typed child handles, worker pools, the live tree |
-//! | [`amqp`] | the [`amqp::AmqpLink`] actor (connection, reconnection, topology) and the [`amqp::Consumer`] bridge |
+//! | [`supervision`] | the [`supervision::Supervisor`] actor (restart with backoff, escalation), typed child handles, pull-based worker pools, the live tree |
+//! | [`work`] | the [`work::WorkQueue`] pool workers pull batches from (least busy first, group commit) |
+//! | [`amqp`] | the [`amqp::AmqpLink`] actor (connection, reconnection, topology) and the [`amqp::Consumer`] bridge (per-order lanes, batches) |
 //! | [`relay`] | the [`relay::OutboxRelay`] actor: outbox → broker with publisher confirms |
 //! | [`outbox`] | writing events to the outbox and consumed ids to the inbox, inside a transaction |
 //! | [`http`] | the [`http::HttpIntake`] actor, requests, problem+json, `/health`, `/metrics`, `/actors` |
@@ -24,3 +25,4 @@ pub mod outbox;
 pub mod relay;
 pub mod supervision;
 pub mod telemetry;
+pub mod work;

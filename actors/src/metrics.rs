@@ -163,6 +163,28 @@ impl Metrics {
         }
     }
 
+    /// Creates, at 0, every series whose labels are known at start (the node's published
+    /// event types, connection outcomes, pool states), so that a dashboard or an alert can
+    /// tell "none yet" from "no such metric". Consumers and supervisors add their own.
+    pub fn start_at_zero(&self, exchange: &str, routing_keys: &[&str]) {
+        for key in routing_keys {
+            let _ = self.published.with_label_values(&[exchange, key]);
+        }
+        for outcome in ["ok", "error"] {
+            let _ = self.amqp_connects.with_label_values(&[outcome]);
+        }
+        for state in ["idle", "in_use"] {
+            let _ = self.db_pool.with_label_values(&[state]);
+        }
+    }
+
+    /// Creates `domain_events_total{entity, outcome}` at 0 for each outcome.
+    pub fn domain_outcomes(&self, entity: &str, outcomes: &[&str]) {
+        for outcome in outcomes {
+            let _ = self.domain.with_label_values(&[entity, outcome]);
+        }
+    }
+
     /// The Prometheus text exposition of every metric of this node.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -20,6 +20,8 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::sync::{Semaphore, watch};
 
+use contracts::topology::ConsumedQueue;
+
 use crate::amqp::{AmqpLink, BrokerState, Consumer, ConsumerArgs, EventHandler, LinkArgs, LinkMsg};
 use crate::config::CommonConfig;
 use crate::http::{HttpContext, HttpIntake, IntakeArgs, Routes};
@@ -49,6 +51,18 @@ pub struct NodeResources {
     pub notifier: OutboxNotifier,
     pub metrics: Metrics,
     pub request_timeout: Duration,
+    pub store: StoreSizing,
+}
+
+/// How the node's store workers are sized (from the common configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreSizing {
+    /// `STORE_WORKERS`
+    pub workers: usize,
+    /// `STORE_BATCH_SIZE`: the most jobs a worker takes (and commits) at once.
+    pub batch_size: usize,
+    /// Jobs that may wait for a worker; beyond it, callers get a 503 at once.
+    pub queue_capacity: usize,
 }
 
 /// The node's domain: its store workers, its routes, and its consumer's handler.
@@ -58,10 +72,13 @@ pub struct Domain {
     pub handler: Arc<dyn EventHandler>,
 }
 
-/// A node's identity and what it consumes.
+/// A node's identity, what it consumes and what it publishes.
 pub struct NodeSpec {
     pub name: &'static str,
-    pub queue: &'static str,
+    pub input: ConsumedQueue,
+    /// The queue its events feed (the other node's input): the exchange and routing keys
+    /// it publishes.
+    pub output: ConsumedQueue,
     pub migrator: Migrator,
 }
 
@@ -74,6 +91,12 @@ pub struct RunningNode {
     tree: ActorTree,
     pool: PgPool,
     grace: Duration,
+}
+
+/// How many jobs may wait for the store workers: every request intake lets in, plus a few
+/// batches per consumer lane.
+pub fn queue_capacity(config: &CommonConfig) -> usize {
+    config.http_max_in_flight + 4 * config.consumer_lanes
 }
 
 /// Connects, migrates, binds, and starts the supervision tree.
@@ -98,6 +121,7 @@ pub async fn start(
     })?;
 
     let metrics = Metrics::new(spec.name);
+    metrics.start_at_zero(spec.output.exchange, spec.output.routing_keys);
     let tree = ActorTree::default();
     let link = ChildHandle::<LinkMsg>::default();
     let relay = ChildHandle::<RelayMsg>::default();
@@ -108,6 +132,11 @@ pub async fn start(
         notifier: notifier.clone(),
         metrics: metrics.clone(),
         request_timeout: config.request_timeout,
+        store: StoreSizing {
+            workers: config.store_workers,
+            batch_size: config.store_batch_size,
+            queue_capacity: queue_capacity(config),
+        },
     };
     let Domain {
         store_workers,
@@ -146,11 +175,13 @@ pub async fn start(
         metrics: metrics.clone(),
     };
     let consumer_args = ConsumerArgs {
-        queue: spec.queue,
+        input: spec.input,
         consumer_tag: format!("{}-{}", spec.name, uuid::Uuid::now_v7()),
         link: link.clone(),
         handler,
         prefetch: config.amqp_prefetch,
+        lanes: config.consumer_lanes,
+        batch_size: config.consumer_batch_size,
         max_attempts: config.consumer_max_attempts,
         backoff_min: config.reconnect_backoff_min,
         backoff_max: config.reconnect_backoff_max,

@@ -25,17 +25,45 @@ pub async fn enqueue(
     event: &Event,
     cause: &Causation,
 ) -> Result<(), sqlx::Error> {
-    let headers = serde_json::to_value(cause).unwrap_or_default();
+    enqueue_many(conn, &[(event.clone(), cause)]).await
+}
+
+/// Adds `events` to the outbox in one statement, in the order given (which is the order
+/// the relay publishes one order's events in).
+pub async fn enqueue_many(
+    conn: &mut PgConnection,
+    events: &[(Event, &Causation)],
+) -> Result<(), sqlx::Error> {
+    let n = events.len();
+    let (mut ids, mut aggregates, mut exchanges, mut keys, mut payloads, mut headers) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for (event, cause) in events {
+        ids.push(event.event_id());
+        aggregates.push(event.order_id());
+        exchanges.push(event.exchange());
+        keys.push(event.routing_key());
+        payloads.push(contracts::encode(event));
+        headers.push(serde_json::to_string(cause).unwrap_or_else(|_| "{}".into()));
+    }
     sqlx::query(
         "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         SELECT event_id, aggregate_id, exchange, routing_key, payload, headers::jsonb
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[])
+                WITH ORDINALITY AS t(event_id, aggregate_id, exchange, routing_key, payload, headers, n)
+          ORDER BY n",
     )
-    .bind(event.event_id())
-    .bind(event.order_id())
-    .bind(event.exchange())
-    .bind(event.routing_key())
-    .bind(contracts::encode(event))
-    .bind(headers)
+    .bind(&ids)
+    .bind(&aggregates)
+    .bind(&exchanges)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&headers)
     .execute(conn)
     .await?;
     Ok(())

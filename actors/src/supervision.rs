@@ -19,6 +19,7 @@ use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, Supervisi
 use serde::Serialize;
 
 use crate::metrics::Metrics;
+use crate::work::WorkQueue;
 
 /// The current `ActorRef` of a supervised child, updated on every (re)start.
 pub struct ChildHandle<M>(Arc<RwLock<Option<ActorRef<M>>>>);
@@ -54,53 +55,156 @@ impl<M: ractor::Message> ChildHandle<M> {
     }
 }
 
-/// A fixed set of interchangeable workers, each supervised on its own; requests are spread
-/// round-robin so that no single actor serialises the hot path.
-pub struct WorkerPool<M> {
-    workers: Arc<[ChildHandle<M>]>,
-    next: Arc<AtomicUsize>,
+/// What a pool worker does with the jobs it pulls: everything that was waiting, at once.
+pub trait Batches: Send + Sync + 'static {
+    type Job: Send + 'static;
+    /// Handles `jobs` (answering each on its own reply port). A panic here fails the worker,
+    /// whose supervisor restarts it; the callers of this batch get an error.
+    fn handle(&self, jobs: Vec<Self::Job>) -> impl Future<Output = ()> + Send;
 }
 
-impl<M> Clone for WorkerPool<M> {
+/// Messages of a pool worker's own mailbox (jobs arrive through the [`WorkQueue`]).
+pub enum WorkerMsg {
+    /// Pull the next batch (sent by the worker to itself).
+    Pull,
+    /// Fault injection for tests and drills: the worker panics.
+    Panic,
+}
+
+/// A pool worker: pulls batches from the shared queue and hands them to its [`Batches`].
+pub struct PullWorker<B>(std::marker::PhantomData<fn() -> B>);
+
+impl<B> Default for PullWorker<B> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+/// What a pool worker is started with.
+pub struct PullArgs<B: Batches> {
+    pub handler: Arc<B>,
+    pub queue: WorkQueue<B::Job>,
+    pub max_batch: usize,
+}
+
+impl<B: Batches> Clone for PullArgs<B> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            queue: self.queue.clone(),
+            max_batch: self.max_batch,
+        }
+    }
+}
+
+/// How long a worker waits for work before looking at its mailbox again (a stop request).
+const PULL_WAIT: Duration = Duration::from_millis(200);
+
+impl<B: Batches> Actor for PullWorker<B> {
+    type Msg = WorkerMsg;
+    type State = PullArgs<B>;
+    type Arguments = PullArgs<B>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        args: PullArgs<B>,
+    ) -> Result<PullArgs<B>, ActorProcessingErr> {
+        myself.cast(WorkerMsg::Pull)?;
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut PullArgs<B>,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Pull => {
+                let mut batch = Vec::new();
+                if state
+                    .queue
+                    .take(&mut batch, state.max_batch, PULL_WAIT)
+                    .await
+                    > 0
+                {
+                    state.handler.handle(batch).await;
+                }
+                myself.cast(WorkerMsg::Pull)?;
+                Ok(())
+            }
+            WorkerMsg::Panic => panic!("injected fault: store worker panic"),
+        }
+    }
+}
+
+/// A fixed set of interchangeable workers, each supervised on its own, pulling from one
+/// [`WorkQueue`]: the least busy worker takes the next job, so no single actor serialises
+/// the hot path and no job waits behind a slow worker while another is idle.
+pub struct WorkerPool<J> {
+    workers: Arc<[ChildHandle<WorkerMsg>]>,
+    queue: WorkQueue<J>,
+    next_fault: Arc<AtomicUsize>,
+}
+
+impl<J> Clone for WorkerPool<J> {
     fn clone(&self) -> Self {
         Self {
             workers: self.workers.clone(),
-            next: self.next.clone(),
+            queue: self.queue.clone(),
+            next_fault: self.next_fault.clone(),
         }
     }
 }
 
-impl<M: ractor::Message> WorkerPool<M> {
-    pub fn new(size: usize) -> Self {
-        let workers: Vec<ChildHandle<M>> =
+impl<J: Send + 'static> WorkerPool<J> {
+    /// `size` workers sharing a queue of at most `capacity` waiting jobs.
+    pub fn new(size: usize, capacity: usize) -> Self {
+        let workers: Vec<ChildHandle<WorkerMsg>> =
             (0..size.max(1)).map(|_| ChildHandle::default()).collect();
         Self {
             workers: workers.into(),
-            next: Arc::new(AtomicUsize::new(0)),
+            queue: WorkQueue::new(capacity),
+            next_fault: Arc::new(AtomicUsize::new(0)),
         }
     }
 
-    pub fn handles(&self) -> &[ChildHandle<M>] {
-        &self.workers
+    /// The queue callers submit jobs to.
+    pub fn queue(&self) -> &WorkQueue<J> {
+        &self.queue
     }
 
-    /// One supervised child per worker, `worker-0` … `worker-N`, each built by `make`.
-    pub fn child_specs<A, F>(&self, make: F) -> Vec<ChildSpec>
-    where
-        A: Actor<Msg = M>,
-        F: Fn() -> (A, A::Arguments) + Clone + Send + Sync + 'static,
-    {
+    /// One supervised child per worker, `worker-0` … `worker-N`, each handing the batches
+    /// it pulls (at most `max_batch` jobs) to `handler`.
+    pub fn child_specs<B: Batches<Job = J>>(
+        &self,
+        handler: Arc<B>,
+        max_batch: usize,
+    ) -> Vec<ChildSpec> {
+        let args = PullArgs {
+            handler,
+            queue: self.queue.clone(),
+            max_batch,
+        };
         self.workers
             .iter()
             .enumerate()
-            .map(|(i, handle)| ChildSpec::new(format!("worker-{i}"), handle.clone(), make.clone()))
+            .map(|(i, handle)| {
+                let args = args.clone();
+                ChildSpec::new(format!("worker-{i}"), handle.clone(), move || {
+                    (PullWorker::<B>::default(), args.clone())
+                })
+            })
             .collect()
     }
 
-    /// The next live worker, skipping any that is restarting.
-    pub fn pick(&self) -> Option<ActorRef<M>> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..self.workers.len()).find_map(|i| self.workers[(start + i) % self.workers.len()].get())
+    /// Makes one running worker panic, a different one on each call. `false` if none runs.
+    pub fn inject_panic(&self) -> bool {
+        let start = self.next_fault.fetch_add(1, Ordering::Relaxed);
+        (0..self.workers.len())
+            .find_map(|i| self.workers[(start + i) % self.workers.len()].get())
+            .is_some_and(|w| w.cast(WorkerMsg::Panic).is_ok())
     }
 }
 
@@ -179,7 +283,9 @@ impl RestartPolicy {
 /// The live supervision tree as `GET /actors` shows it, shared by all supervisors of a node.
 #[derive(Clone, Default)]
 pub struct ActorTree {
-    actors: Arc<Mutex<BTreeMap<String, ActorInfo>>>,
+    /// Each actor by path, with the sequence number of its first start: children are shown
+    /// in start order (`worker-2` before `worker-10`), not in the order of their names.
+    actors: Arc<Mutex<BTreeMap<String, (u64, ActorInfo)>>>,
     /// `(traceparent, tracestate)` of the node's root supervision span: every lifecycle
     /// span joins that trace, so a trace backend shows the node's supervision history.
     supervision_trace: Arc<Mutex<(Option<String>, Option<String>)>>,
@@ -247,11 +353,15 @@ impl ActorTree {
 
     fn update(&self, path: &str, f: impl FnOnce(&mut ActorInfo)) {
         let mut map = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
-        let info = map.entry(path.to_owned()).or_insert(ActorInfo {
-            state: ActorState::Running,
-            restarts: 0,
-            last_error: None,
-        });
+        let seq = map.len() as u64;
+        let (_, info) = map.entry(path.to_owned()).or_insert((
+            seq,
+            ActorInfo {
+                state: ActorState::Running,
+                restarts: 0,
+                last_error: None,
+            },
+        ));
         f(info);
     }
 
@@ -261,13 +371,25 @@ impl ActorTree {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(path)
-            .cloned()
+            .map(|(_, info)| info.clone())
     }
 
     /// Whether every actor in the tree is running.
     pub fn all_running(&self) -> bool {
         let map = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
-        !map.is_empty() && map.values().all(|i| i.state == ActorState::Running)
+        !map.is_empty() && map.values().all(|(_, i)| i.state == ActorState::Running)
+    }
+
+    /// The paths of the actors that are not running, in start order.
+    pub fn not_running(&self) -> Vec<String> {
+        let map = self.actors.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut down: Vec<(u64, String)> = map
+            .iter()
+            .filter(|(_, (_, i))| i.state != ActorState::Running)
+            .map(|(path, (seq, _))| (*seq, path.clone()))
+            .collect();
+        down.sort();
+        down.into_iter().map(|(_, path)| path).collect()
     }
 
     /// The tree, nested by path.
@@ -277,8 +399,12 @@ impl ActorTree {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        fn children_of(map: &BTreeMap<String, ActorInfo>, prefix: Option<&str>) -> Vec<ActorNode> {
-            map.iter()
+        fn children_of(
+            map: &BTreeMap<String, (u64, ActorInfo)>,
+            prefix: Option<&str>,
+        ) -> Vec<ActorNode> {
+            let mut children: Vec<(u64, ActorNode)> = map
+                .iter()
                 .filter(|(path, _)| match prefix {
                     None => !path.contains('/'),
                     Some(p) => path
@@ -286,14 +412,19 @@ impl ActorTree {
                         .and_then(|rest| rest.strip_prefix('/'))
                         .is_some_and(|rest| !rest.contains('/')),
                 })
-                .map(|(path, info)| ActorNode {
-                    name: path.rsplit('/').next().unwrap_or(path).to_owned(),
-                    state: info.state,
-                    restarts: info.restarts,
-                    last_error: info.last_error.clone(),
-                    children: children_of(map, Some(path)),
+                .map(|(path, (seq, info))| {
+                    let node = ActorNode {
+                        name: path.rsplit('/').next().unwrap_or(path).to_owned(),
+                        state: info.state,
+                        restarts: info.restarts,
+                        last_error: info.last_error.clone(),
+                        children: children_of(map, Some(path)),
+                    };
+                    (*seq, node)
                 })
-                .collect()
+                .collect();
+            children.sort_by_key(|(seq, _)| *seq);
+            children.into_iter().map(|(_, node)| node).collect()
         }
         children_of(&map, None)
     }
@@ -391,6 +522,12 @@ impl Actor for Supervisor {
             })?;
             let span = state.args.tree.lifecycle_span("actor started", &path);
             span.in_scope(|| tracing::info!(actor = %path, "actor started"));
+            // The series exists from the start at 0, so "no crash" differs from "no metric".
+            let _ = state
+                .args
+                .metrics
+                .actor_restarts
+                .with_label_values(&[path.as_str()]);
             state
                 .args
                 .tree

@@ -50,6 +50,8 @@ pub struct ConsumedQueue {
     pub queue: &'static str,
     pub exchange: &'static str,
     pub pattern: &'static str,
+    /// The event types (routing keys) that arrive on it.
+    pub routing_keys: &'static [&'static str],
 }
 
 /// The queue invoices-node consumes.
@@ -57,6 +59,7 @@ pub const INVOICES_NODE_INPUT: ConsumedQueue = ConsumedQueue {
     queue: INVOICES_NODE_QUEUE,
     exchange: ORDERS_EXCHANGE,
     pattern: ORDER_EVENTS_PATTERN,
+    routing_keys: &[ORDER_CREATED, ORDER_CANCELED],
 };
 
 /// The queue orders-node consumes.
@@ -64,6 +67,7 @@ pub const ORDERS_NODE_INPUT: ConsumedQueue = ConsumedQueue {
     queue: ORDERS_NODE_QUEUE,
     exchange: INVOICES_EXCHANGE,
     pattern: INVOICE_EVENTS_PATTERN,
+    routing_keys: &[INVOICE_ISSUED, INVOICE_PAID, INVOICE_VOIDED],
 };
 
 /// Both exchanges; every node declares both so that either can start first.

@@ -1,12 +1,12 @@
-//! `order.*` events → store worker messages. The consumer bridge acks after this returns.
+//! `order.*` deliveries → one store job per batch. The consumer bridge acks after this
+//! returns.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actors::amqp::consumer::HandleFuture;
-use actors::amqp::{Delivered, EventHandler, HandleError, ask_worker};
+use actors::amqp::{EventHandler, HandleError, Incoming, ask_workers};
 use actors::supervision::WorkerPool;
-use contracts::Event;
 
 use crate::store::StoreError;
 use crate::worker::StoreMsg;
@@ -20,24 +20,20 @@ impl From<StoreError> for HandleError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => HandleError::Unavailable(e.to_string()),
-            StoreError::WrongEvent(_) | StoreError::InvalidEvent(_) => {
-                HandleError::Invalid(e.to_string())
-            }
             other => HandleError::Failed(other.to_string()),
         }
     }
 }
 
 impl EventHandler for OrderEvents {
-    fn handle(&self, event: Event, delivered: Delivered) -> HandleFuture {
+    fn handle(&self, batch: Vec<Incoming>) -> HandleFuture {
         let workers = self.workers.clone();
         let timeout = self.timeout;
-        // The invoice's events continue the trace and request of the order that caused them.
-        let cause = delivered.cause;
+        // The invoice's events continue the trace and request of the order that caused
+        // them: each delivery carries its cause.
         Box::pin(async move {
-            ask_worker(&workers, timeout, |reply| StoreMsg::ApplyOrderEvent {
-                event,
-                cause,
+            ask_workers(&workers, timeout, |reply| StoreMsg::ApplyOrderEvents {
+                batch,
                 reply,
             })
             .await

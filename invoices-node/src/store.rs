@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 use uuid::Uuid;
 
-use actors::amqp::Handled;
+use actors::amqp::{Incoming, Outcome};
 use actors::http::Cursor;
 use actors::outbox::{self, Causation};
 use contracts::{Event, InvoiceIssued, InvoicePaid, InvoiceVoided, OrderCanceled, OrderCreated};
@@ -21,12 +22,8 @@ pub enum StoreError {
     NotFound,
     #[error("a void invoice cannot be paid")]
     VoidCannotBePaid,
-    #[error("event {0} does not belong on this queue")]
-    WrongEvent(&'static str),
-    #[error("invalid event: {0}")]
-    InvalidEvent(String),
     #[error("database unavailable: {0}")]
-    Unavailable(sqlx::Error),
+    Unavailable(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
 }
@@ -34,7 +31,7 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if actors::db::is_transient(&e) {
-            StoreError::Unavailable(e)
+            StoreError::Unavailable(e.to_string())
         } else {
             StoreError::Database(e)
         }
@@ -179,36 +176,68 @@ pub async fn pay(
     Ok((invoice, true))
 }
 
-/// Applies an `order.*` event exactly once.
-pub async fn apply_order_event(
+/// Applies a batch of `order.*` events in one transaction, each exactly once and in the
+/// order given. Events of one order are serialised across transactions (and replicas) by
+/// a transaction-scoped advisory lock on the order id, so a concurrent create and cancel
+/// cannot both miss each other. An invalid event is `Invalid` and leaves nothing behind.
+pub async fn apply_order_events(
     pool: &PgPool,
+    batch: &[Incoming],
+    terms: Duration,
+) -> Result<Vec<(Outcome, Effect)>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for incoming in batch {
+        let outcome = apply_order_event(&mut tx, &incoming.event, terms, &incoming.delivered.cause)
+            .instrument(incoming.delivered.span.clone())
+            .await?;
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+async fn apply_order_event(
+    tx: &mut PgConnection,
     event: &Event,
     terms: Duration,
     cause: &Causation,
-) -> Result<(Handled, Effect), StoreError> {
+) -> Result<(Outcome, Effect), StoreError> {
     let order_id = match event {
+        Event::OrderCreated(e) if !domain_valid(e) => {
+            return Ok((
+                Outcome::Invalid(format!(
+                    "order.created {} has an invalid currency or amount",
+                    e.event_id
+                )),
+                Effect::Nothing,
+            ));
+        }
         Event::OrderCreated(e) => e.order_id,
         Event::OrderCanceled(e) => e.order_id,
-        other => return Err(StoreError::WrongEvent(other.routing_key())),
+        other => {
+            return Ok((
+                Outcome::Invalid(format!(
+                    "{} does not belong on this queue",
+                    other.routing_key()
+                )),
+                Effect::Nothing,
+            ));
+        }
     };
-    let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
         .bind(order_id)
         .execute(&mut *tx)
         .await?;
-    if !outbox::first_delivery(&mut tx, event.event_id(), event.routing_key()).await? {
-        // Release the order's advisory lock now rather than when the dropped transaction
-        // is rolled back in the background.
-        tx.rollback().await?;
-        return Ok((Handled::Duplicate, Effect::Nothing));
+    if !outbox::first_delivery(&mut *tx, event.event_id(), event.routing_key()).await? {
+        return Ok((Outcome::Duplicate, Effect::Nothing));
     }
     let effect = match event {
-        Event::OrderCreated(e) => issue(&mut tx, e, terms, cause).await?,
-        Event::OrderCanceled(e) => void(&mut tx, e, cause).await?,
+        Event::OrderCreated(e) => issue(&mut *tx, e, terms, cause).await?,
+        Event::OrderCanceled(e) => void(&mut *tx, e, cause).await?,
         _ => Effect::Nothing,
     };
-    tx.commit().await?;
-    Ok((Handled::Applied, effect))
+    Ok((Outcome::Applied, effect))
 }
 
 #[tracing::instrument(name = "INSERT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
@@ -218,12 +247,6 @@ async fn issue(
     terms: Duration,
     cause: &Causation,
 ) -> Result<Effect, StoreError> {
-    if !domain_valid(e) {
-        return Err(StoreError::InvalidEvent(format!(
-            "order.created {} has an invalid currency or amount",
-            e.event_id
-        )));
-    }
     let canceled: Option<DateTime<Utc>> =
         sqlx::query_scalar("SELECT canceled_at FROM canceled_orders WHERE order_id = $1")
             .bind(e.order_id)

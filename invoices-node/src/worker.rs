@@ -1,27 +1,29 @@
-//! The invoices store worker actor — one of a pool of N, so invoices are handled
-//! concurrently.
+//! The invoices store: what a store worker does with the jobs it pulls.
 //!
-//! Owns: a handle on the shared sqlx pool (state lives in PostgreSQL) and the payment terms.
-//! Takes: [`StoreMsg`] from HTTP routes and from the order-events handler; answers on the
-//! message's reply port. After committing an event it wakes the outbox relay.
-//! On failure (panic) its supervisor, `invoices-node/store`, restarts it with backoff; the
-//! request or delivery it was serving is answered 503 or retried.
+//! Store workers are a pool of supervised `actors::supervision::PullWorker`s sharing one
+//! queue (`invoices-node/store/worker-N`); each takes everything that waits and hands it to
+//! [`InvoicesStore`], which serves the jobs one by one (a batch of deliveries is one job,
+//! applied in one transaction). State lives in PostgreSQL, with the payment terms in
+//! config; after committing events the store wakes the outbox relay.
+//! On failure (panic) a worker's supervisor, `invoices-node/store`, restarts it with
+//! backoff; the callers of the batch it held get a 503, deliveries are retried.
 
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::RpcReplyPort;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use actors::amqp::Handled;
+use actors::amqp::{Incoming, Outcome};
 use actors::metrics::Metrics;
 use actors::outbox::Causation;
 use actors::relay::OutboxNotifier;
-use contracts::Event;
+use actors::supervision::Batches;
 
 use crate::domain::Invoice;
 use crate::store::{self, Effect, ListFilter, StoreError};
 
+/// A job for the store workers.
 pub enum StoreMsg {
     Get {
         id: Uuid,
@@ -36,86 +38,78 @@ pub enum StoreMsg {
         cause: Causation,
         reply: RpcReplyPort<Result<Invoice, StoreError>>,
     },
-    ApplyOrderEvent {
-        event: Event,
-        cause: Causation,
-        reply: RpcReplyPort<Result<Handled, StoreError>>,
+    /// A batch of `order.*` deliveries, applied in one transaction.
+    ApplyOrderEvents {
+        batch: Vec<Incoming>,
+        reply: RpcReplyPort<Result<Vec<Outcome>, StoreError>>,
     },
-    /// Fault injection for tests and drills: the worker panics. Not reachable over HTTP.
-    Panic,
 }
 
-#[derive(Clone)]
-pub struct WorkerArgs {
+pub struct InvoicesStore {
     pub pool: PgPool,
     pub notifier: OutboxNotifier,
     pub metrics: Metrics,
     pub payment_terms: Duration,
 }
 
-pub struct StoreWorker;
+/// `domain_events_total{entity="invoice", outcome}`
+pub const OUTCOMES: [&str; 3] = ["issued", "voided", "paid"];
 
-impl Actor for StoreWorker {
-    type Msg = StoreMsg;
-    type State = WorkerArgs;
-    type Arguments = WorkerArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<StoreMsg>,
-        args: WorkerArgs,
-    ) -> Result<WorkerArgs, ActorProcessingErr> {
-        Ok(args)
+impl InvoicesStore {
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .domain
+            .with_label_values(&["invoice", outcome])
+            .inc();
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<StoreMsg>,
-        msg: StoreMsg,
-        s: &mut WorkerArgs,
-    ) -> Result<(), ActorProcessingErr> {
-        let count = |outcome: &str| {
-            s.metrics
-                .domain
-                .with_label_values(&["invoice", outcome])
-                .inc()
-        };
-        match msg {
+    async fn serve(&self, job: StoreMsg) {
+        match job {
             StoreMsg::Get { id, reply } => {
-                let _ = reply.send(store::get(&s.pool, id).await);
+                let _ = reply.send(store::get(&self.pool, id).await);
             }
             StoreMsg::List { filter, reply } => {
-                let _ = reply.send(store::list(&s.pool, &filter).await);
+                let _ = reply.send(store::list(&self.pool, &filter).await);
             }
             StoreMsg::Pay { id, cause, reply } => {
-                let result = store::pay(&s.pool, id, &cause).await;
+                let result = store::pay(&self.pool, id, &cause).await;
                 if let Ok((_, true)) = &result {
-                    s.notifier.notify();
-                    count("paid");
+                    self.notifier.notify();
+                    self.count("paid");
                 }
                 let _ = reply.send(result.map(|(invoice, _)| invoice));
             }
-            StoreMsg::ApplyOrderEvent {
-                event,
-                cause,
-                reply,
-            } => {
+            StoreMsg::ApplyOrderEvents { batch, reply } => {
                 let result =
-                    store::apply_order_event(&s.pool, &event, s.payment_terms, &cause).await;
-                if let Ok((_, effect)) = &result {
-                    match effect {
-                        Effect::Issued => count("issued"),
-                        Effect::Voided | Effect::IssuedVoid => count("voided"),
-                        Effect::Tombstoned | Effect::Nothing => {}
+                    store::apply_order_events(&self.pool, &batch, self.payment_terms).await;
+                if let Ok(outcomes) = &result {
+                    let mut published = false;
+                    for (_, effect) in outcomes {
+                        match effect {
+                            Effect::Issued => self.count("issued"),
+                            Effect::Voided | Effect::IssuedVoid => self.count("voided"),
+                            Effect::Tombstoned | Effect::Nothing => {}
+                        }
+                        published |=
+                            matches!(effect, Effect::Issued | Effect::Voided | Effect::IssuedVoid);
                     }
-                    if matches!(effect, Effect::Issued | Effect::Voided | Effect::IssuedVoid) {
-                        s.notifier.notify();
+                    if published {
+                        self.notifier.notify();
                     }
                 }
-                let _ = reply.send(result.map(|(handled, _)| handled));
+                let _ =
+                    reply.send(result.map(|o| o.into_iter().map(|(outcome, _)| outcome).collect()));
             }
-            StoreMsg::Panic => panic!("injected fault: store worker panic"),
         }
-        Ok(())
+    }
+}
+
+impl Batches for InvoicesStore {
+    type Job = StoreMsg;
+
+    async fn handle(&self, jobs: Vec<StoreMsg>) {
+        for job in jobs {
+            self.serve(job).await;
+        }
     }
 }

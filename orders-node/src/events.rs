@@ -1,12 +1,12 @@
-//! `invoice.*` events → store worker messages. The consumer bridge acks after this returns.
+//! `invoice.*` deliveries → one store job per batch. The consumer bridge acks after this
+//! returns.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actors::amqp::consumer::HandleFuture;
-use actors::amqp::{Delivered, EventHandler, HandleError, ask_worker};
+use actors::amqp::{EventHandler, HandleError, Incoming, ask_workers};
 use actors::supervision::WorkerPool;
-use contracts::Event;
 
 use crate::store::StoreError;
 use crate::worker::StoreMsg;
@@ -20,21 +20,18 @@ impl From<StoreError> for HandleError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => HandleError::Unavailable(e.to_string()),
-            StoreError::UnknownOrder(_) | StoreError::WrongEvent(_) => {
-                HandleError::Invalid(e.to_string())
-            }
             other => HandleError::Failed(other.to_string()),
         }
     }
 }
 
 impl EventHandler for InvoiceEvents {
-    fn handle(&self, event: Event, _delivered: Delivered) -> HandleFuture {
+    fn handle(&self, batch: Vec<Incoming>) -> HandleFuture {
         let workers = self.workers.clone();
         let timeout = self.timeout;
         Box::pin(async move {
-            ask_worker(&workers, timeout, |reply| StoreMsg::ApplyInvoiceEvent {
-                event,
+            ask_workers(&workers, timeout, |reply| StoreMsg::ApplyInvoiceEvents {
+                batch,
                 reply,
             })
             .await

@@ -13,7 +13,7 @@ use actors::http::{
 use actors::supervision::WorkerPool;
 
 use crate::domain::{self, NewOrder, OrderStatus};
-use crate::store::{Created, ListFilter, StoreError};
+use crate::store::{CreateRequest, Created, ListFilter, StoreError};
 use crate::worker::StoreMsg;
 
 #[derive(Clone)]
@@ -109,9 +109,12 @@ impl OrderRoutes {
         let cause = req.causation();
         let created = self
             .ask(|reply| StoreMsg::Create {
-                order,
-                key,
-                cause,
+                request: CreateRequest {
+                    order,
+                    key,
+                    cause,
+                    span: tracing::Span::current(),
+                },
                 reply,
             })
             .await?;

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | [`domain`] | orders, statuses and their rules, request validation (no I/O) |
 //! | [`store`] | the SQL: create with idempotency, get, list, cancel, apply invoice events |
-//! | [`worker`] | the store worker actor; a pool of them serves HTTP and events concurrently |
+//! | [`worker`] | what store workers do with the jobs they pull (creates commit together) |
 //! | [`http`] | the routes of api.md |
 //! | [`events`] | `invoice.*` deliveries → store worker messages |
 //! | [`config`] | environment variables |
@@ -22,11 +22,14 @@ pub mod worker;
 
 use std::net::SocketAddr;
 
+use std::sync::Arc;
+
 use actors::node::{self, Domain, NodeSpec, RunningNode, StartError};
 use actors::supervision::{ActorTree, WorkerPool};
+use contracts::topology;
 
 pub use config::OrdersConfig;
-use worker::{StoreMsg, StoreWorker, WorkerArgs};
+use worker::{OrdersStore, StoreMsg};
 
 pub const NODE_NAME: &str = "orders-node";
 
@@ -39,21 +42,26 @@ pub struct OrdersNode {
 impl OrdersNode {
     /// Creates and migrates the database, binds `HTTP_ADDR`, starts the actor tree.
     pub async fn build(config: OrdersConfig) -> Result<Self, StartError> {
-        let workers = WorkerPool::<StoreMsg>::new(config.common.database_pool_size as usize);
         let spec = NodeSpec {
             name: NODE_NAME,
-            queue: contracts::topology::ORDERS_NODE_QUEUE,
+            input: topology::ORDERS_NODE_INPUT,
+            output: topology::INVOICES_NODE_INPUT,
             migrator: sqlx::migrate!("./migrations"),
         };
+        let workers: WorkerPool<StoreMsg> = WorkerPool::new(
+            config.common.store_workers,
+            node::queue_capacity(&config.common),
+        );
         let pool_for_domain = workers.clone();
         let node = node::start(spec, &config.common, move |res| {
-            let args = WorkerArgs {
+            res.metrics.domain_outcomes("order", &worker::OUTCOMES);
+            let store = Arc::new(OrdersStore {
                 pool: res.pool.clone(),
                 notifier: res.notifier.clone(),
                 metrics: res.metrics.clone(),
-            };
+            });
             Domain {
-                store_workers: pool_for_domain.child_specs(move || (StoreWorker, args.clone())),
+                store_workers: pool_for_domain.child_specs(store, res.store.batch_size),
                 routes: http::routes(pool_for_domain.clone(), res.request_timeout),
                 handler: events::handler(pool_for_domain.clone(), res.request_timeout),
             }
@@ -72,9 +80,7 @@ impl OrdersNode {
 
     /// Fault injection: makes one store worker panic. Returns `false` if none was running.
     pub fn inject_store_panic(&self) -> bool {
-        self.workers
-            .pick()
-            .is_some_and(|w| w.cast(StoreMsg::Panic).is_ok())
+        self.workers.inject_panic()
     }
 
     pub async fn shutdown(self) {

@@ -1,12 +1,15 @@
 //! Orders SQL. Every state change and its event commit in one transaction (outbox), and
 //! every consumed event commits with its inbox row.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
 use uuid::Uuid;
 
-use actors::amqp::Handled;
+use actors::amqp::{Incoming, Outcome};
 use actors::http::Cursor;
 use actors::outbox::{self, Causation};
 use contracts::{Event, LineItem, OrderCanceled, OrderCreated};
@@ -23,20 +26,18 @@ pub enum StoreError {
     KeyReused,
     #[error("a request with this Idempotency-Key is still in progress")]
     KeyInFlight,
-    #[error("event for unknown order {0}")]
-    UnknownOrder(Uuid),
-    #[error("event {0} does not belong on this queue")]
-    WrongEvent(&'static str),
     #[error("database unavailable: {0}")]
-    Unavailable(sqlx::Error),
+    Unavailable(String),
     #[error("database error: {0}")]
     Database(sqlx::Error),
+    #[error("the store gave no answer for this request")]
+    Empty,
 }
 
 impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if actors::db::is_transient(&e) {
-            StoreError::Unavailable(e)
+            StoreError::Unavailable(e.to_string())
         } else {
             StoreError::Database(e)
         }
@@ -93,91 +94,192 @@ const SELECT_BY_ID: &str = "SELECT id, customer_id, currency, items, total_cents
 const LOCK_BY_ID: &str = "SELECT id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at
                             FROM orders WHERE id = $1 FOR UPDATE";
 
-/// Creates an order and its `order.created` event in one transaction, honouring the
-/// Idempotency-Key. A transaction-scoped advisory lock on the key tells "still in flight"
-/// (409) from "done" (replay) without a separate in-progress state that a crash could strand.
-#[tracing::instrument(name = "INSERT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
-pub async fn create(
+/// One `POST /orders` waiting to be committed.
+pub struct CreateRequest {
+    pub order: NewOrder,
+    pub key: Option<String>,
+    pub cause: Causation,
+    /// The request's span: the `INSERT orders` span of this order goes below it.
+    pub span: tracing::Span,
+}
+
+/// Creates the orders of `requests` and their `order.created` events, all in one
+/// transaction (group commit): one commit for the group, and every caller is answered only
+/// after it. If the group fails for a reason other than an outage, each request is tried
+/// again alone, so one bad row cannot fail its batchmates.
+pub async fn create_many(
     pool: &PgPool,
-    new: &NewOrder,
-    key: Option<&str>,
-    cause: &Causation,
-) -> Result<Created, StoreError> {
-    let mut tx = pool.begin().await?;
-    let request = serde_json::to_value(new).unwrap_or_default();
-    if let Some(key) = key {
-        let locked: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
-        if !locked {
-            return Err(StoreError::KeyInFlight);
+    requests: &[CreateRequest],
+) -> Vec<Result<Created, StoreError>> {
+    match create_group(pool, requests).await {
+        Ok(results) => results,
+        Err(StoreError::Unavailable(why)) => requests
+            .iter()
+            .map(|_| Err(StoreError::Unavailable(why.clone())))
+            .collect(),
+        Err(e) if requests.len() == 1 => vec![Err(e)],
+        Err(e) => {
+            tracing::warn!(error = %e, size = requests.len(), "a group of creates failed; committing them one by one");
+            let mut results = Vec::with_capacity(requests.len());
+            for request in requests {
+                results.push(
+                    match create_group(pool, std::slice::from_ref(request)).await {
+                        Ok(mut one) => one.pop().unwrap_or(Err(StoreError::Empty)),
+                        Err(e) => Err(e),
+                    },
+                );
+            }
+            results
         }
-        let previous: Option<(Json<serde_json::Value>, i16, Json<serde_json::Value>)> =
-            sqlx::query_as("SELECT request, status, response FROM idempotency_keys WHERE key = $1")
+    }
+}
+
+/// The group transaction. An `Idempotency-Key` is held by a transaction-scoped advisory
+/// lock, which tells "still in flight" (409) from "done" (replay) without a separate
+/// in-progress state that a crash could strand; the same key twice in one group is "in
+/// flight" for the second.
+async fn create_group(
+    pool: &PgPool,
+    requests: &[CreateRequest],
+) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
+    let spans: Vec<tracing::Span> = requests
+        .iter()
+        .map(|r| {
+            tracing::info_span!(
+                parent: &r.span,
+                "INSERT orders",
+                otel.kind = "client",
+                db.system.name = "postgresql",
+                db.operation.name = "INSERT",
+                db.operation.batch.size = requests.len(),
+            )
+        })
+        .collect();
+    let mut tx = pool.begin().await?;
+    let at = actors::db::now();
+    let mut results: Vec<Option<Result<Created, StoreError>>> =
+        requests.iter().map(|_| None).collect();
+    let mut keys_seen = HashSet::new();
+    let mut orders = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        let normalized = serde_json::to_value(&request.order).unwrap_or_default();
+        if let Some(key) = request.key.as_deref() {
+            if !keys_seen.insert(key) || !lock_key(&mut tx, key).await? {
+                results[i] = Some(Err(StoreError::KeyInFlight));
+                continue;
+            }
+            let previous: Option<(Json<serde_json::Value>, i16, Json<serde_json::Value>)> =
+                sqlx::query_as(
+                    "SELECT request, status, response FROM idempotency_keys WHERE key = $1",
+                )
                 .bind(key)
                 .fetch_optional(&mut *tx)
                 .await?;
-        if let Some((Json(previous_request), status, Json(body))) = previous {
-            // End the transaction now: dropping it would roll back later, and the key's lock
-            // would outlive this answer, turning a quick retry into a spurious 409.
-            tx.rollback().await?;
-            return if previous_request == request {
-                Ok(Created::Replayed {
-                    status: status as u16,
-                    body,
-                })
-            } else {
-                Err(StoreError::KeyReused)
-            };
+            if let Some((Json(previous_request), status, Json(body))) = previous {
+                results[i] = Some(if previous_request == normalized {
+                    Ok(Created::Replayed {
+                        status: status as u16,
+                        body,
+                    })
+                } else {
+                    Err(StoreError::KeyReused)
+                });
+                continue;
+            }
+        }
+        let new = &request.order;
+        let order = Order {
+            id: Uuid::now_v7(),
+            customer_id: new.customer_id,
+            currency: new.currency.clone(),
+            items: new.items.clone(),
+            total_cents: new.total_cents(),
+            status: OrderStatus::Pending,
+            invoice_id: None,
+            created_at: at,
+            updated_at: at,
+        };
+        orders.push((i, order, normalized));
+    }
+    if !orders.is_empty() {
+        insert_orders(&mut tx, orders.iter().map(|(_, o, _)| o), at).await?;
+        let events: Vec<(Event, &Causation)> = orders
+            .iter()
+            .map(|(i, order, _)| {
+                let event = Event::OrderCreated(OrderCreated {
+                    event_id: Uuid::now_v7(),
+                    order_id: order.id,
+                    customer_id: order.customer_id,
+                    currency: order.currency.clone(),
+                    items: order.items.clone(),
+                    total_cents: order.total_cents,
+                    created_at: at,
+                });
+                (event, &requests[*i].cause)
+            })
+            .collect();
+        outbox::enqueue_many(&mut tx, &events).await?;
+        for (i, order, normalized) in &orders {
+            if let Some(key) = requests[*i].key.as_deref() {
+                sqlx::query("INSERT INTO idempotency_keys (key, request, status, response) VALUES ($1, $2, 201, $3)")
+                    .bind(key)
+                    .bind(Json(normalized))
+                    .bind(Json(order))
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
     }
-    let at = actors::db::now();
-    let order = Order {
-        id: Uuid::now_v7(),
-        customer_id: new.customer_id,
-        currency: new.currency.clone(),
-        items: new.items.clone(),
-        total_cents: new.total_cents(),
-        status: OrderStatus::Pending,
-        invoice_id: None,
-        created_at: at,
-        updated_at: at,
-    };
+    tx.commit().await?;
+    drop(spans);
+    for (i, order, _) in orders {
+        results[i] = Some(Ok(Created::New(order)));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(StoreError::Empty)))
+        .collect())
+}
+
+async fn lock_key(tx: &mut PgConnection, key: &str) -> Result<bool, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(key)
+            .fetch_one(tx)
+            .await?,
+    )
+}
+
+/// One multi-row INSERT for a group of new orders.
+async fn insert_orders<'a>(
+    tx: &mut PgConnection,
+    orders: impl Iterator<Item = &'a Order>,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    let (mut ids, mut customers, mut currencies, mut items, mut totals) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for o in orders {
+        ids.push(o.id);
+        customers.push(o.customer_id);
+        currencies.push(o.currency.clone());
+        items.push(serde_json::to_string(&o.items).unwrap_or_else(|_| "[]".into()));
+        totals.push(o.total_cents);
+    }
     sqlx::query(
         "INSERT INTO orders (id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $7)",
+         SELECT id, customer_id, currency, items::jsonb, total_cents, 'pending', NULL, $6, $6
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[])
+                AS t(id, customer_id, currency, items, total_cents)",
     )
-    .bind(order.id)
-    .bind(order.customer_id)
-    .bind(&order.currency)
-    .bind(Json(&order.items))
-    .bind(order.total_cents)
-    .bind(order.status.as_str())
+    .bind(&ids)
+    .bind(&customers)
+    .bind(&currencies)
+    .bind(&items)
+    .bind(&totals)
     .bind(at)
-    .execute(&mut *tx)
+    .execute(tx)
     .await?;
-    let event = Event::OrderCreated(OrderCreated {
-        event_id: Uuid::now_v7(),
-        order_id: order.id,
-        customer_id: order.customer_id,
-        currency: order.currency.clone(),
-        items: order.items.clone(),
-        total_cents: order.total_cents,
-        created_at: at,
-    });
-    outbox::enqueue(&mut tx, &event, cause).await?;
-    if let Some(key) = key {
-        sqlx::query("INSERT INTO idempotency_keys (key, request, status, response) VALUES ($1, $2, 201, $3)")
-            .bind(key)
-            .bind(Json(&request))
-            .bind(Json(&order))
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(Created::New(order))
+    Ok(())
 }
 
 #[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
@@ -270,26 +372,54 @@ pub async fn cancel(
     Ok((order, true))
 }
 
-/// Applies an `invoice.*` event once; the status only moves forward.
-#[tracing::instrument(name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
-pub async fn apply_invoice_event(
+/// Applies a batch of `invoice.*` events in one transaction, each exactly once and in the
+/// order given; an order's status only moves forward. An event for an unknown order is
+/// `Invalid` and leaves nothing behind (not even its inbox row). Also returns each order's
+/// new status, for metrics.
+pub async fn apply_invoice_events(
     pool: &PgPool,
+    batch: &[Incoming],
+) -> Result<Vec<(Outcome, Option<OrderStatus>)>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for incoming in batch {
+        let outcome = apply_invoice_event(&mut tx, &incoming.event)
+            .instrument(incoming.delivered.span.clone())
+            .await?;
+        outcomes.push(outcome);
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+#[tracing::instrument(name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
+async fn apply_invoice_event(
+    tx: &mut PgConnection,
     event: &Event,
-) -> Result<(Handled, Option<OrderStatus>), StoreError> {
+) -> Result<(Outcome, Option<OrderStatus>), StoreError> {
     let (order_id, invoice_id) = match event {
         Event::InvoiceIssued(e) => (e.order_id, e.invoice_id),
         Event::InvoicePaid(e) => (e.order_id, e.invoice_id),
         Event::InvoiceVoided(e) => (e.order_id, e.invoice_id),
-        other => return Err(StoreError::WrongEvent(other.routing_key())),
+        other => {
+            return Ok((
+                Outcome::Invalid(format!(
+                    "{} does not belong on this queue",
+                    other.routing_key()
+                )),
+                None,
+            ));
+        }
     };
-    let mut tx = pool.begin().await?;
-    if !outbox::first_delivery(&mut tx, event.event_id(), event.routing_key()).await? {
-        tx.rollback().await?;
-        return Ok((Handled::Duplicate, None));
+    let Some(order) = lock_order(&mut *tx, order_id).await? else {
+        return Ok((
+            Outcome::Invalid(format!("event for unknown order {order_id}")),
+            None,
+        ));
+    };
+    if !outbox::first_delivery(&mut *tx, event.event_id(), event.routing_key()).await? {
+        return Ok((Outcome::Duplicate, None));
     }
-    let order = lock_order(&mut tx, order_id)
-        .await?
-        .ok_or(StoreError::UnknownOrder(order_id))?;
     let next = match event {
         Event::InvoiceIssued(_) => order.status.on_invoice_issued(),
         Event::InvoicePaid(_) => order.status.on_invoice_paid(),
@@ -302,6 +432,5 @@ pub async fn apply_invoice_event(
         .bind(actors::db::now())
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
-    Ok((Handled::Applied, (next != order.status).then_some(next)))
+    Ok((Outcome::Applied, (next != order.status).then_some(next)))
 }

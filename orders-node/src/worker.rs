@@ -1,29 +1,30 @@
-//! The orders store worker actor — one of a pool of N, so orders are handled concurrently.
+//! The orders store: what a store worker does with the jobs it pulls.
 //!
-//! Owns: nothing but a handle on the shared sqlx pool (state lives in PostgreSQL).
-//! Takes: [`StoreMsg`] from HTTP routes and from the invoice-events handler; answers on the
-//! message's reply port. After committing an event it wakes the outbox relay.
-//! On failure (panic) its supervisor, `orders-node/store`, restarts it with backoff; the
-//! request it was serving gets a 503 and may be retried.
+//! Store workers are a pool of supervised `actors::supervision::PullWorker`s sharing one
+//! queue (`orders-node/store/worker-N`); each takes everything that waits (up to
+//! `STORE_BATCH_SIZE`) and hands it to [`OrdersStore`]. The creates among those jobs commit
+//! together in one transaction (group commit), the rest are served one by one. State lives
+//! in PostgreSQL; after committing events the store wakes the outbox relay.
+//! On failure (panic) a worker's supervisor, `orders-node/store`, restarts it with backoff;
+//! the callers of the batch it held get a 503 (nothing of an uncommitted batch was kept).
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::RpcReplyPort;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use actors::amqp::Handled;
+use actors::amqp::{Incoming, Outcome};
 use actors::metrics::Metrics;
 use actors::outbox::Causation;
 use actors::relay::OutboxNotifier;
-use contracts::Event;
+use actors::supervision::Batches;
 
-use crate::domain::{NewOrder, Order, OrderStatus};
-use crate::store::{self, Created, ListFilter, StoreError};
+use crate::domain::{Order, OrderStatus};
+use crate::store::{self, CreateRequest, Created, ListFilter, StoreError};
 
+/// A job for the store workers.
 pub enum StoreMsg {
     Create {
-        order: NewOrder,
-        key: Option<String>,
-        cause: Causation,
+        request: CreateRequest,
         reply: RpcReplyPort<Result<Created, StoreError>>,
     },
     Get {
@@ -40,71 +41,57 @@ pub enum StoreMsg {
         cause: Causation,
         reply: RpcReplyPort<Result<Order, StoreError>>,
     },
-    ApplyInvoiceEvent {
-        event: Event,
-        reply: RpcReplyPort<Result<Handled, StoreError>>,
+    /// A batch of `invoice.*` deliveries, applied in one transaction.
+    ApplyInvoiceEvents {
+        batch: Vec<Incoming>,
+        reply: RpcReplyPort<Result<Vec<Outcome>, StoreError>>,
     },
-    /// Fault injection for tests and drills: the worker panics. Not reachable over HTTP.
-    Panic,
 }
 
-#[derive(Clone)]
-pub struct WorkerArgs {
+pub struct OrdersStore {
     pub pool: PgPool,
     pub notifier: OutboxNotifier,
     pub metrics: Metrics,
 }
 
-pub struct StoreWorker;
+/// `domain_events_total{entity="order", outcome}`
+pub const OUTCOMES: [&str; 5] = ["created", "replayed", "canceled", "invoiced", "paid"];
 
-impl Actor for StoreWorker {
-    type Msg = StoreMsg;
-    type State = WorkerArgs;
-    type Arguments = WorkerArgs;
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<StoreMsg>,
-        args: WorkerArgs,
-    ) -> Result<WorkerArgs, ActorProcessingErr> {
-        Ok(args)
+impl OrdersStore {
+    fn count(&self, outcome: &str) {
+        self.metrics
+            .domain
+            .with_label_values(&["order", outcome])
+            .inc();
     }
 
-    async fn handle(
+    async fn create_all(
         &self,
-        _myself: ActorRef<StoreMsg>,
-        msg: StoreMsg,
-        s: &mut WorkerArgs,
-    ) -> Result<(), ActorProcessingErr> {
-        let count = |outcome: &str| {
-            s.metrics
-                .domain
-                .with_label_values(&["order", outcome])
-                .inc()
-        };
-        match msg {
-            StoreMsg::Create {
-                order,
-                key,
-                cause,
-                reply,
-            } => {
-                let result = store::create(&s.pool, &order, key.as_deref(), &cause).await;
-                match &result {
-                    Ok(Created::New(_)) => {
-                        s.notifier.notify();
-                        count("created");
-                    }
-                    Ok(Created::Replayed { .. }) => count("replayed"),
-                    Err(_) => {}
-                }
-                let _ = reply.send(result);
+        creates: Vec<(CreateRequest, RpcReplyPort<Result<Created, StoreError>>)>,
+    ) {
+        let (requests, replies): (Vec<_>, Vec<_>) = creates.into_iter().unzip();
+        let results = store::create_many(&self.pool, &requests).await;
+        if results.iter().any(|r| matches!(r, Ok(Created::New(_)))) {
+            self.notifier.notify();
+        }
+        for (result, reply) in results.into_iter().zip(replies) {
+            match &result {
+                Ok(Created::New(_)) => self.count("created"),
+                Ok(Created::Replayed { .. }) => self.count("replayed"),
+                Err(_) => {}
             }
+            let _ = reply.send(result);
+        }
+    }
+
+    async fn serve(&self, job: StoreMsg) {
+        match job {
+            StoreMsg::Create { request, reply } => self.create_all(vec![(request, reply)]).await,
             StoreMsg::Get { id, reply } => {
-                let _ = reply.send(store::get(&s.pool, id).await);
+                let _ = reply.send(store::get(&self.pool, id).await);
             }
             StoreMsg::List { filter, reply } => {
-                let _ = reply.send(store::list(&s.pool, &filter).await);
+                let _ = reply.send(store::list(&self.pool, &filter).await);
             }
             StoreMsg::Cancel {
                 id,
@@ -112,26 +99,48 @@ impl Actor for StoreWorker {
                 cause,
                 reply,
             } => {
-                let result = store::cancel(&s.pool, id, reason, &cause).await;
+                let result = store::cancel(&self.pool, id, reason, &cause).await;
                 if let Ok((_, true)) = &result {
-                    s.notifier.notify();
-                    count("canceled");
+                    self.notifier.notify();
+                    self.count("canceled");
                 }
                 let _ = reply.send(result.map(|(order, _)| order));
             }
-            StoreMsg::ApplyInvoiceEvent { event, reply } => {
-                let result = store::apply_invoice_event(&s.pool, &event).await;
-                if let Ok((_, Some(status))) = &result {
-                    count(match status {
-                        OrderStatus::Invoiced => "invoiced",
-                        OrderStatus::Paid => "paid",
-                        _ => "updated",
-                    });
+            StoreMsg::ApplyInvoiceEvents { batch, reply } => {
+                let result = store::apply_invoice_events(&self.pool, &batch).await;
+                if let Ok(outcomes) = &result {
+                    for (_, status) in outcomes {
+                        match status {
+                            Some(OrderStatus::Invoiced) => self.count("invoiced"),
+                            Some(OrderStatus::Paid) => self.count("paid"),
+                            _ => {}
+                        }
+                    }
                 }
-                let _ = reply.send(result.map(|(handled, _)| handled));
+                let _ =
+                    reply.send(result.map(|o| o.into_iter().map(|(outcome, _)| outcome).collect()));
             }
-            StoreMsg::Panic => panic!("injected fault: store worker panic"),
         }
-        Ok(())
+    }
+}
+
+impl Batches for OrdersStore {
+    type Job = StoreMsg;
+
+    async fn handle(&self, jobs: Vec<StoreMsg>) {
+        let mut creates = Vec::new();
+        let mut others = Vec::new();
+        for job in jobs {
+            match job {
+                StoreMsg::Create { request, reply } => creates.push((request, reply)),
+                other => others.push(other),
+            }
+        }
+        if !creates.is_empty() {
+            self.create_all(creates).await;
+        }
+        for job in others {
+            self.serve(job).await;
+        }
     }
 }

@@ -1,18 +1,27 @@
 //! The consumer bridge actor: deliveries → decoded contract events → the node's handler
-//! (which sends actor messages to its store workers) → ack after commit.
+//! (which sends the batch to a store worker) → ack after commit.
 //!
 //! Owns: one channel and one `basic.consume` on its queue, and the deliveries in flight.
 //! Takes: `Subscribe` (sent to itself on start and after the stream ends) and
-//! `StreamEnded`. Deliveries are handled concurrently, bounded by the prefetch.
+//! `StreamEnded`.
+//!
+//! Deliveries are spread over `lanes` by order id: one order's events always go to the
+//! same lane and are handled in the order they were delivered (a cancel delivered before
+//! its create is handled first), while different orders are handled concurrently. Each lane
+//! hands the node everything that waits in it (up to `batch_size`) as one batch, which the
+//! node applies in one transaction; every delivery is acknowledged only after that commit.
 //!
 //! - undecodable, invalid or oversized body → rejected without requeue → `<queue>.dlq`;
-//! - handler says the database is unavailable → retried in place with capped backoff
-//!   (never requeued in a hot loop);
-//! - handler fails otherwise → retried up to `max_attempts`, then dead-lettered.
+//! - the node reports one event of a batch invalid → that one is dead-lettered;
+//! - the batch fails because the database is unavailable → retried in place with capped
+//!   backoff, without limit (never requeued in a hot loop);
+//! - the batch fails otherwise → each of its events is retried alone, so a failing one
+//!   cannot fail or duplicate its batchmates; alone it gets `max_attempts`, then the DLQ.
 //!
 //! When the connection dies the stream ends and the actor re-subscribes with backoff; the
-//! broker redelivers what was unacknowledged and the inbox makes that harmless. On failure
-//! its supervisor restarts it.
+//! broker redelivers what was unacknowledged and the inbox makes that harmless. If a lane
+//! panics, the actor fails and its supervisor restarts it (the channel closes, so the broker
+//! redelivers what that lane held).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,59 +35,77 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
-use contracts::{Event, topology};
+use contracts::Event;
+use contracts::topology::{self, ConsumedQueue};
 
 use super::link::{LinkMsg, open_channel};
 use crate::metrics::Metrics;
 use crate::outbox::Causation;
 use crate::supervision::ChildHandle;
 
-/// Transport facts about a delivery that handlers may use (trace context, request id).
-#[derive(Debug, Clone, Default)]
+/// Transport facts about a delivery that handlers may use.
+#[derive(Debug, Clone)]
 pub struct Delivered {
+    /// What events caused by this one carry on (trace context, request id).
     pub cause: Causation,
     pub redelivered: bool,
+    /// The delivery's consumer span: the node's database spans for this event go below it.
+    pub span: tracing::Span,
 }
 
-/// What a handler did with an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Handled {
+/// One decoded delivery, as the node sees it.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub event: Event,
+    pub delivered: Delivered,
+}
+
+/// What the node did with one event of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
     Applied,
     /// Seen before (inbox hit): acknowledged, nothing changed.
     Duplicate,
+    /// Can never be applied (e.g. breaks a domain rule): dead-lettered. The node must have
+    /// committed nothing for it.
+    Invalid(String),
 }
 
+/// Why a whole batch was not applied (nothing of it committed).
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// The event can never be applied (e.g. breaks a domain rule): dead-letter it.
-    #[error("invalid event: {0}")]
-    Invalid(String),
     /// A dependency is down (database): retry with backoff, indefinitely.
     #[error("unavailable: {0}")]
     Unavailable(String),
-    /// Anything else: retry a bounded number of times, then dead-letter.
+    /// Anything else: retry each event alone, a bounded number of times, then dead-letter.
     #[error("failed: {0}")]
     Failed(String),
 }
 
-pub type HandleFuture = Pin<Box<dyn Future<Output = Result<Handled, HandleError>> + Send>>;
+/// The outcomes of a batch, one per event and in the same order.
+pub type HandleFuture = Pin<Box<dyn Future<Output = Result<Vec<Outcome>, HandleError>> + Send>>;
 
 /// The node's side of the bridge.
 pub trait EventHandler: Send + Sync + 'static {
-    fn handle(&self, event: Event, delivered: Delivered) -> HandleFuture;
+    /// Applies `batch` in one transaction. The events of one order keep their delivery
+    /// order within the batch.
+    fn handle(&self, batch: Vec<Incoming>) -> HandleFuture;
 }
 
 #[derive(Clone)]
 pub struct ConsumerArgs {
-    pub queue: &'static str,
+    pub input: ConsumedQueue,
     pub consumer_tag: String,
     pub link: ChildHandle<LinkMsg>,
     pub handler: Arc<dyn EventHandler>,
     pub prefetch: u16,
+    /// How many lanes handle deliveries concurrently (one order always in the same lane).
+    pub lanes: usize,
+    /// The most events one lane hands the node at once.
+    pub batch_size: usize,
     pub max_attempts: u32,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -88,7 +115,12 @@ pub struct ConsumerArgs {
 
 pub enum ConsumerMsg {
     Subscribe,
-    StreamEnded { generation: u64, reason: String },
+    StreamEnded {
+        generation: u64,
+        reason: String,
+        /// A lane panicked: the actor fails so that its supervisor restarts it.
+        fatal: bool,
+    },
 }
 
 pub struct Consumer;
@@ -101,6 +133,9 @@ pub struct ConsumerState {
     stream_task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Outcomes counted by `messages_consumed_total`.
+const OUTCOMES: [&str; 4] = ["processed", "duplicate", "retried", "dead_lettered"];
+
 impl Actor for Consumer {
     type Msg = ConsumerMsg;
     type State = ConsumerState;
@@ -111,6 +146,16 @@ impl Actor for Consumer {
         myself: ActorRef<ConsumerMsg>,
         args: ConsumerArgs,
     ) -> Result<ConsumerState, ActorProcessingErr> {
+        // Every series whose labels are known now exists from the start, at 0.
+        for event_type in args.input.routing_keys {
+            for outcome in OUTCOMES {
+                let _ = args.metrics.consumed.with_label_values(&[
+                    args.input.queue,
+                    event_type,
+                    outcome,
+                ]);
+            }
+        }
         myself.cast(ConsumerMsg::Subscribe)?;
         let (stop, _) = watch::channel(false);
         Ok(ConsumerState {
@@ -141,19 +186,24 @@ impl Actor for Consumer {
         msg: ConsumerMsg,
         state: &mut ConsumerState,
     ) -> Result<(), ActorProcessingErr> {
+        let queue = state.args.input.queue;
         match msg {
             ConsumerMsg::Subscribe => match subscribe(&state.args).await {
                 Ok(stream) => {
                     state.generation += 1;
                     state.failures = 0;
                     let generation = state.generation;
-                    tracing::info!(queue = state.args.queue, "consuming");
+                    tracing::info!(queue, "consuming");
                     let args = state.args.clone();
                     let stop = state.stop.subscribe();
                     let me = myself.clone();
                     state.stream_task = Some(tokio::spawn(async move {
-                        let reason = run_stream(args, stream, stop).await;
-                        let _ = me.cast(ConsumerMsg::StreamEnded { generation, reason });
+                        let (reason, fatal) = run_stream(args, stream, stop).await;
+                        let _ = me.cast(ConsumerMsg::StreamEnded {
+                            generation,
+                            reason,
+                            fatal,
+                        });
                     }));
                 }
                 Err(e) => {
@@ -164,18 +214,21 @@ impl Actor for Consumer {
                         state.failures,
                     );
                     if state.failures == 1 {
-                        tracing::warn!(queue = state.args.queue, error = %e, "cannot consume yet; retrying with backoff");
+                        tracing::warn!(queue, error = %e, "cannot consume yet; retrying with backoff");
                     }
                     myself.send_after(delay, || ConsumerMsg::Subscribe);
                 }
             },
-            ConsumerMsg::StreamEnded { generation, reason } => {
+            ConsumerMsg::StreamEnded {
+                generation,
+                reason,
+                fatal,
+            } => {
+                if fatal {
+                    return Err(format!("consumer of {queue} failed: {reason}").into());
+                }
                 if generation == state.generation && !*state.stop.borrow() {
-                    tracing::warn!(
-                        queue = state.args.queue,
-                        reason,
-                        "consumer stream ended; re-subscribing"
-                    );
+                    tracing::warn!(queue, reason, "consumer stream ended; re-subscribing");
                     state.failures = 1;
                     myself.send_after(state.args.backoff_min, || ConsumerMsg::Subscribe);
                 }
@@ -194,7 +247,7 @@ async fn subscribe(
         .await?;
     let consumer = channel
         .basic_consume(
-            args.queue.into(),
+            args.input.queue.into(),
             args.consumer_tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
@@ -203,33 +256,68 @@ async fn subscribe(
     Ok((channel, consumer))
 }
 
-/// Reads deliveries until the stream ends or `stop` is raised; returns why it ended.
+/// A decoded delivery on its way through a lane.
+struct Item {
+    event: Event,
+    delivered: Delivered,
+    delivery: Delivery,
+    received: Instant,
+}
+
+/// Which lane an order's events go to.
+fn lane_of(event: &Event, lanes: usize) -> usize {
+    let (_, low) = event.order_id().as_u64_pair();
+    (low % lanes.max(1) as u64) as usize
+}
+
+/// Reads deliveries until the stream ends or `stop` is raised; returns why it ended and
+/// whether that was a failure of this actor (a lane panicked).
 async fn run_stream(
     args: Arc<ConsumerArgs>,
     (channel, mut consumer): (lapin::Channel, lapin::Consumer),
     mut stop: watch::Receiver<bool>,
-) -> String {
-    let mut in_flight = JoinSet::new();
-    let reason = loop {
+) -> (String, bool) {
+    let mut lanes = JoinSet::new();
+    let mut senders = Vec::with_capacity(args.lanes);
+    for _ in 0..args.lanes.max(1) {
+        let (tx, rx) = mpsc::unbounded_channel::<Item>();
+        senders.push(tx);
+        lanes.spawn(run_lane(args.clone(), rx, stop.clone()));
+    }
+    let (reason, fatal) = loop {
         tokio::select! {
             _ = stop.changed() => {
                 let _ = channel.basic_cancel(args.consumer_tag.as_str().into(), BasicCancelOptions::default()).await;
-                break "stopping".to_owned();
+                break ("stopping".to_owned(), false);
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    in_flight.spawn(process(args.clone(), delivery, stop.clone()));
+                    if let Some(item) = admit(&args, delivery).await {
+                        let lane = lane_of(&item.event, senders.len());
+                        // A lane only goes away by panicking, which the join below reports.
+                        let _ = senders[lane].send(item);
+                    }
                 }
-                Some(Err(e)) => break e.to_string(),
-                None => break "consumer canceled".to_owned(),
+                Some(Err(e)) => break (e.to_string(), false),
+                None => break ("consumer canceled".to_owned(), false),
             },
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(joined) = lanes.join_next() => {
+                let why = match joined {
+                    Err(e) if e.is_panic() => "a lane panicked".to_owned(),
+                    _ => "a lane ended".to_owned(),
+                };
+                break (why, true);
+            }
         }
     };
-    let drain = async { while in_flight.join_next().await.is_some() {} };
+    // Lanes finish what they hold (within the grace period), then the channel closes and
+    // the broker requeues whatever is still unacknowledged.
+    drop(senders);
+    let drain = async { while lanes.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(args.shutdown_grace, drain).await;
+    lanes.abort_all();
     let _ = channel.close(200, "consumer done".into()).await;
-    reason
+    (reason, fatal)
 }
 
 fn header_str(headers: &Option<FieldTable>, key: &str) -> Option<String> {
@@ -279,8 +367,10 @@ pub fn decode_delivery(delivery: &Delivery) -> Result<Event, String> {
     Ok(event)
 }
 
-/// Handles one delivery inside a consumer span that continues the producer's trace.
-async fn process(args: Arc<ConsumerArgs>, delivery: Delivery, stop: watch::Receiver<bool>) {
+/// Decodes a delivery inside a consumer span that continues the producer's trace; a poison
+/// message is dead-lettered here and goes no further.
+async fn admit(args: &ConsumerArgs, delivery: Delivery) -> Option<Item> {
+    let received = Instant::now();
     let headers = delivery.properties.headers();
     let message_id = delivery
         .properties
@@ -290,152 +380,225 @@ async fn process(args: Arc<ConsumerArgs>, delivery: Delivery, stop: watch::Recei
         .unwrap_or_default();
     let span = tracing::info_span!(
         "consume",
-        otel.name = %format!("{} process", args.queue),
+        otel.name = %format!("{} process", args.input.queue),
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",
         messaging.destination.name = %delivery.exchange,
         messaging.rabbitmq.destination.routing_key = %delivery.routing_key,
         messaging.message.id = %message_id,
-        messaging.consumer.group.name = args.queue,
+        messaging.consumer.group.name = args.input.queue,
     );
-    crate::telemetry::set_remote_parent(
-        &span,
-        header_str(headers, topology::TRACEPARENT_HEADER).as_deref(),
-        header_str(headers, topology::TRACESTATE_HEADER).as_deref(),
-    );
-    handle_delivery(args, delivery, stop).instrument(span).await
-}
-
-async fn handle_delivery(args: Arc<ConsumerArgs>, delivery: Delivery, stop: watch::Receiver<bool>) {
-    let started = Instant::now();
-    let queue = args.queue;
-    let event = match decode_delivery(&delivery) {
-        Ok(event) => event,
-        Err(reason) => {
-            tracing::warn!(
-                queue,
-                reason,
-                "dead-lettering a message that cannot be decoded"
-            );
-            dead_letter(&args, &delivery, "undecodable").await;
-            return;
-        }
-    };
-    let event_type = event.routing_key();
-    let headers = delivery.properties.headers();
-    // Events this delivery causes continue from the consumer span, and keep the request id.
     let from_headers = Causation {
         traceparent: header_str(headers, topology::TRACEPARENT_HEADER),
         tracestate: header_str(headers, topology::TRACESTATE_HEADER),
         request_id: None,
     };
-    let delivered = Delivered {
-        cause: Causation::current(
+    crate::telemetry::set_remote_parent(
+        &span,
+        from_headers.traceparent.as_deref(),
+        from_headers.tracestate.as_deref(),
+    );
+    let event = match decode_delivery(&delivery) {
+        Ok(event) => event,
+        Err(reason) => {
+            span.in_scope(|| {
+                tracing::warn!(
+                    queue = args.input.queue,
+                    reason,
+                    "dead-lettering a message that cannot be decoded"
+                )
+            });
+            dead_letter(args, &delivery, "undecodable").await;
+            return None;
+        }
+    };
+    // Events this delivery causes continue from the consumer span, and keep the request id.
+    let cause = span.in_scope(|| {
+        Causation::current(
             header_str(headers, topology::REQUEST_ID_HEADER),
             &from_headers,
+        )
+    });
+    Some(Item {
+        event,
+        delivered: Delivered {
+            cause,
+            redelivered: delivery.redelivered,
+            span,
+        },
+        delivery,
+        received,
+    })
+}
+
+/// One lane: takes what waits in it as a batch, applies it, settles each delivery.
+async fn run_lane(
+    args: Arc<ConsumerArgs>,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut batch = Vec::with_capacity(args.batch_size);
+    while rx.recv_many(&mut batch, args.batch_size.max(1)).await > 0 {
+        let items = std::mem::take(&mut batch);
+        if items.len() == 1 {
+            handle_alone(&args, items, &stop).await;
+        } else {
+            handle_batch(&args, items, &stop).await;
+        }
+    }
+}
+
+fn incoming(items: &[Item]) -> Vec<Incoming> {
+    items
+        .iter()
+        .map(|i| Incoming {
+            event: i.event.clone(),
+            delivered: i.delivered.clone(),
+        })
+        .collect()
+}
+
+/// What one attempt at a batch came to.
+enum Attempt {
+    Settled,
+    /// Nothing committed; the items come back for another try.
+    Unavailable(Vec<Item>, String),
+    Failed(Vec<Item>, String),
+}
+
+async fn attempt(args: &ConsumerArgs, items: Vec<Item>) -> Attempt {
+    match args.handler.handle(incoming(&items)).await {
+        Ok(outcomes) if outcomes.len() == items.len() => {
+            for (item, outcome) in items.into_iter().zip(outcomes) {
+                settle(args, item, outcome).await;
+            }
+            Attempt::Settled
+        }
+        Ok(outcomes) => Attempt::Failed(
+            items,
+            format!("the handler answered {} outcomes", outcomes.len()),
         ),
-        redelivered: delivery.redelivered,
-    };
-    let mut failures = 0u32;
+        Err(HandleError::Unavailable(reason)) => Attempt::Unavailable(items, reason),
+        Err(HandleError::Failed(reason)) => Attempt::Failed(items, reason),
+    }
+}
+
+/// A batch of several: retried whole while the database is away; if it fails otherwise,
+/// each event is retried alone so the failing one cannot hold back the others.
+async fn handle_batch(args: &ConsumerArgs, mut items: Vec<Item>, stop: &watch::Receiver<bool>) {
     let mut outages = 0u32;
     loop {
-        match args.handler.handle(event.clone(), delivered.clone()).await {
-            Ok(handled) => {
-                let outcome = if handled == Handled::Duplicate {
-                    "duplicate"
-                } else {
-                    "processed"
-                };
-                if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                    // The channel died after commit: the broker redelivers, the inbox dedups.
-                    tracing::warn!(queue, error = %e, "ack failed after commit; expecting a redelivery");
-                }
-                args.metrics
-                    .consumed
-                    .with_label_values(&[queue, event_type, outcome])
-                    .inc();
-                args.metrics
-                    .consume_duration
-                    .with_label_values(&[queue, event_type])
-                    .observe(started.elapsed().as_secs_f64());
-                return;
-            }
-            Err(HandleError::Invalid(reason)) => {
-                tracing::warn!(queue, event_type, reason, "dead-lettering an invalid event");
-                dead_letter(&args, &delivery, event_type).await;
-                return;
-            }
-            Err(HandleError::Unavailable(reason)) => {
+        match attempt(args, items).await {
+            Attempt::Settled => return,
+            Attempt::Unavailable(back, reason) => {
                 outages += 1;
-                if outages == 1 {
-                    tracing::warn!(
-                        queue,
-                        event_type,
-                        reason,
-                        "dependency unavailable; retrying with backoff"
-                    );
-                }
-                if !retry_later(&args, &delivery, event_type, outages, &stop).await {
+                if !retry_later(args, &back, &reason, outages, stop).await {
                     return;
                 }
+                items = back;
             }
-            Err(HandleError::Failed(reason)) => {
+            Attempt::Failed(back, reason) => {
+                tracing::warn!(
+                    queue = args.input.queue,
+                    reason,
+                    size = back.len(),
+                    "a batch failed; handling its events one by one"
+                );
+                for item in back {
+                    handle_alone(args, vec![item], stop).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// One event: outages are retried without limit, failures `max_attempts` times, then the
+/// event is dead-lettered.
+async fn handle_alone(args: &ConsumerArgs, mut items: Vec<Item>, stop: &watch::Receiver<bool>) {
+    let mut outages = 0u32;
+    let mut failures = 0u32;
+    loop {
+        match attempt(args, items).await {
+            Attempt::Settled => return,
+            Attempt::Unavailable(back, reason) => {
+                outages += 1;
+                if !retry_later(args, &back, &reason, outages, stop).await {
+                    return;
+                }
+                items = back;
+            }
+            Attempt::Failed(back, reason) => {
                 failures += 1;
-                tracing::warn!(queue, event_type, reason, failures, "handler failed");
+                tracing::warn!(queue = args.input.queue, reason, failures, "handler failed");
                 if failures >= args.max_attempts {
-                    dead_letter(&args, &delivery, event_type).await;
+                    for item in &back {
+                        dead_letter(args, &item.delivery, item.event.routing_key()).await;
+                    }
                     return;
                 }
-                if !retry_later(&args, &delivery, event_type, failures, &stop).await {
+                if !retry_later(args, &back, &reason, failures, stop).await {
                     return;
                 }
+                items = back;
             }
         }
     }
 }
 
-/// Asks the next store worker to apply an event: a worker that is restarting, too slow or
-/// dies meanwhile is a handler failure (retried, bounded), and the store's own error is
-/// classified by the node through `From<E> for HandleError`.
-pub async fn ask_worker<M, T, E>(
-    workers: &crate::supervision::WorkerPool<M>,
-    timeout: Duration,
-    build: impl FnOnce(ractor::RpcReplyPort<Result<T, E>>) -> M,
-) -> Result<T, HandleError>
-where
-    M: ractor::Message,
-    T: Send + 'static,
-    E: Send + 'static,
-    HandleError: From<E>,
-{
-    let worker = workers
-        .pick()
-        .ok_or_else(|| HandleError::Failed("no store worker is running".into()))?;
-    match worker.call(build, Some(timeout)).await {
-        Ok(ractor::rpc::CallResult::Success(result)) => result.map_err(HandleError::from),
-        Ok(ractor::rpc::CallResult::Timeout) => {
-            Err(HandleError::Failed("the store worker timed out".into()))
+/// Acknowledges (or dead-letters) one delivery after its batch committed.
+async fn settle(args: &ConsumerArgs, item: Item, outcome: Outcome) {
+    let queue = args.input.queue;
+    let event_type = item.event.routing_key();
+    let outcome = match outcome {
+        Outcome::Applied => "processed",
+        Outcome::Duplicate => "duplicate",
+        Outcome::Invalid(reason) => {
+            item.delivered.span.in_scope(|| {
+                tracing::warn!(queue, event_type, reason, "dead-lettering an invalid event")
+            });
+            dead_letter(args, &item.delivery, event_type).await;
+            return;
         }
-        _ => Err(HandleError::Failed(
-            "the store worker stopped while handling the event".into(),
-        )),
+    };
+    if let Err(e) = item.delivery.acker.ack(BasicAckOptions::default()).await {
+        // The channel died after commit: the broker redelivers, the inbox dedups.
+        tracing::warn!(queue, error = %e, "ack failed after commit; expecting a redelivery");
     }
+    args.metrics
+        .consumed
+        .with_label_values(&[queue, event_type, outcome])
+        .inc();
+    args.metrics
+        .consume_duration
+        .with_label_values(&[queue, event_type])
+        .observe(item.received.elapsed().as_secs_f64());
 }
 
-/// Counts a retry and waits out the backoff of `attempt`. `false` when the node began
-/// stopping meanwhile: the message is then requeued for another consumer or a later run.
+/// Counts a retry of each item and waits out the backoff of `attempt`. `false` when the
+/// node began stopping meanwhile: the items are then requeued for another consumer or a
+/// later run.
 async fn retry_later(
     args: &ConsumerArgs,
-    delivery: &Delivery,
-    event_type: &str,
+    items: &[Item],
+    reason: &str,
     attempt: u32,
     stop: &watch::Receiver<bool>,
 ) -> bool {
-    args.metrics
-        .consumed
-        .with_label_values(&[args.queue, event_type, "retried"])
-        .inc();
+    if attempt == 1 {
+        tracing::warn!(
+            queue = args.input.queue,
+            reason,
+            "cannot apply events yet; retrying with backoff"
+        );
+    }
+    for item in items {
+        args.metrics
+            .consumed
+            .with_label_values(&[args.input.queue, item.event.routing_key(), "retried"])
+            .inc();
+    }
     if wait_or_stop(
         crate::backoff::exponential(args.backoff_min, args.backoff_max, attempt),
         stop.clone(),
@@ -444,13 +607,16 @@ async fn retry_later(
     {
         return true;
     }
-    let _ = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        })
-        .await;
+    for item in items {
+        let _ = item
+            .delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await;
+    }
     false
 }
 
@@ -476,6 +642,26 @@ async fn dead_letter(args: &ConsumerArgs, delivery: &Delivery, event_type: &str)
         .await;
     args.metrics
         .consumed
-        .with_label_values(&[args.queue, event_type, "dead_lettered"])
+        .with_label_values(&[args.input.queue, event_type, "dead_lettered"])
         .inc();
+}
+
+/// Hands a batch to the node's store workers and waits for the outcomes: a full queue, a
+/// worker that is too slow or dies meanwhile is a handler failure (each event is then
+/// retried alone, bounded), and the store's own error is classified by the node through
+/// `From<E> for HandleError`.
+pub async fn ask_workers<J, E>(
+    workers: &crate::supervision::WorkerPool<J>,
+    timeout: Duration,
+    build: impl FnOnce(ractor::RpcReplyPort<Result<Vec<Outcome>, E>>) -> J,
+) -> Result<Vec<Outcome>, HandleError>
+where
+    J: Send + 'static,
+    E: Send + 'static,
+    HandleError: From<E>,
+{
+    match workers.queue().call(build, timeout).await {
+        Ok(result) => result.map_err(HandleError::from),
+        Err(e) => Err(HandleError::Failed(format!("store workers: {e}"))),
+    }
 }

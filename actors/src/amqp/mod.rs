@@ -6,6 +6,7 @@ pub mod link;
 pub mod topology;
 
 pub use consumer::{
-    Consumer, ConsumerArgs, ConsumerMsg, Delivered, EventHandler, HandleError, Handled, ask_worker,
+    Consumer, ConsumerArgs, ConsumerMsg, Delivered, EventHandler, HandleError, Incoming, Outcome,
+    ask_workers,
 };
 pub use link::{AmqpLink, BrokerState, LinkArgs, LinkError, LinkMsg};

@@ -1,32 +1,34 @@
-//! Calling an actor from a request handler: a busy, restarting or slow actor becomes a 503
-//! with `Retry-After`, never a hang or a 500.
+//! Calling the store workers from a request handler: a saturated, restarting or slow pool
+//! becomes a 503 with `Retry-After`, never a hang or a 500.
 
 use std::time::Duration;
 
-use ractor::rpc::CallResult;
-use ractor::{ActorRef, RpcReplyPort};
+use ractor::RpcReplyPort;
 
 use super::problem::Problem;
 use crate::supervision::WorkerPool;
+use crate::work::CallError;
 
-/// Sends a request to the next store worker and waits for its answer up to `timeout`.
-pub async fn call_worker<M, T>(
-    workers: &WorkerPool<M>,
+/// Queues a job for the store workers (the least busy takes it) and waits for its answer
+/// up to `timeout`.
+pub async fn call_worker<J, T>(
+    workers: &WorkerPool<J>,
     timeout: Duration,
-    build: impl FnOnce(RpcReplyPort<T>) -> M,
+    build: impl FnOnce(RpcReplyPort<T>) -> J,
 ) -> Result<T, Problem>
 where
-    M: ractor::Message,
+    J: Send + 'static,
     T: Send + 'static,
 {
-    let worker: ActorRef<M> = workers
-        .pick()
-        .ok_or_else(|| Problem::unavailable("the store is restarting"))?;
-    match worker.call(build, Some(timeout)).await {
-        Ok(CallResult::Success(value)) => Ok(value),
-        Ok(CallResult::Timeout) => Err(Problem::unavailable("the store did not answer in time")),
-        Ok(CallResult::SenderError) | Err(_) => Err(Problem::unavailable(
-            "the store worker stopped while serving the request",
-        )),
-    }
+    workers
+        .queue()
+        .call(build, timeout)
+        .await
+        .map_err(|e| match e {
+            CallError::Full => Problem::unavailable("the store is saturated; retry shortly"),
+            CallError::Timeout => Problem::unavailable("the store did not answer in time"),
+            CallError::WorkerStopped => {
+                Problem::unavailable("the store worker stopped while serving the request")
+            }
+        })
 }
