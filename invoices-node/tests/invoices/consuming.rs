@@ -270,7 +270,11 @@ async fn cancel_voids_an_issued_invoice_keeps_a_paid_one_and_precedes_a_late_cre
     .await;
     assert_eq!(invoices_of(&c, b).await[0]["status"], "paid");
 
-    // Canceled before created: the invoice is born void, never payable.
+    // Canceled before created: one order's events are handled in delivery order, so the
+    // invoice is born void and is never issued (not even for a moment).
+    let mut issued_events = amqp
+        .watch(topology::INVOICES_EXCHANGE, "invoice.issued")
+        .await;
     let late = Uuid::new_v4();
     amqp.publish_event(&order_canceled(late)).await;
     amqp.publish_event(&order_created(late)).await;
@@ -279,6 +283,20 @@ async fn cancel_voids_an_issued_invoice_keeps_a_paid_one_and_precedes_a_late_cre
     })
     .await;
     assert_eq!(inv["status"], "void");
+    let d = tokio::time::timeout(Duration::from_secs(10), voided_events.recv())
+        .await
+        .expect("the late order's invoice.voided")
+        .unwrap();
+    let Event::InvoiceVoided(e) = contracts::decode("invoice.voided", &d.data).unwrap() else {
+        panic!()
+    };
+    assert_eq!(e.order_id, late);
+    while let Ok(d) = issued_events.try_recv() {
+        let Event::InvoiceIssued(e) = contracts::decode("invoice.issued", &d.data).unwrap() else {
+            panic!()
+        };
+        assert_ne!(e.order_id, late, "the late order's invoice was issued");
+    }
     c.post_empty(&format!("/invoices/{}/pay", inv["id"].as_str().unwrap()))
         .await
         .problem(409);
@@ -315,7 +333,7 @@ async fn with_the_database_away_deliveries_are_retried_with_backoff_not_dead_let
             "messages_consumed_total",
             &[("outcome", "dead_lettered")]
         ),
-        None
+        Some(0.0)
     );
 
     env.set_database_accepting("invoices", true).await;
@@ -330,5 +348,87 @@ async fn with_the_database_away_deliveries_are_retried_with_backoff_not_dead_let
             .await,
         0
     );
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_event_in_a_batch_is_retried_alone_and_dead_lettered_and_its_batchmates_apply_once()
+ {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    // One lane, so every delivery below lands in one batch.
+    let (node, c) = spawn_invoices(
+        &env,
+        &[("CONSUMER_LANES", "1"), ("CONSUMER_BATCH_SIZE", "64")],
+    )
+    .await;
+    let db = env.pg(&env.database("invoices")).await;
+    let orders: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
+    let poison = orders[11];
+    // A real database failure for one event only.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.order_id = '{poison}' THEN RAISE EXCEPTION 'poison invoice'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER reject_poison BEFORE INSERT ON invoices FOR EACH ROW EXECUTE FUNCTION reject_poison();"
+    )))
+    .execute(&db)
+    .await
+    .unwrap();
+
+    // Hold the first order's lock, so the lane parks on it and the rest pile up behind.
+    let mut holder = db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(orders[0])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    for id in &orders {
+        amqp.publish_event(&order_created(*id)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    holder.rollback().await.unwrap();
+
+    let dlq = topology::dead_letter_queue(topology::INVOICES_NODE_QUEUE);
+    eventually(
+        "the poison dead-lettered",
+        Duration::from_secs(20),
+        || async { (amqp.ready_count(&dlq).await == 1).then_some(()) },
+    )
+    .await;
+    eventually("the others invoiced", Duration::from_secs(10), || async {
+        let all = c.get("/invoices?limit=200").await.body["items"]
+            .as_array()
+            .map(Vec::len)
+            .unwrap_or(0);
+        (all == 19).then_some(())
+    })
+    .await;
+    for id in &orders {
+        let expected = usize::from(*id != poison);
+        assert_eq!(invoices_of(&c, *id).await.len(), expected, "order {id}");
+    }
+    let m = c.get("/metrics").await.text;
+    assert_eq!(
+        metric(&m, "messages_consumed_total", &[("outcome", "processed")]),
+        Some(19.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "messages_consumed_total",
+            &[("outcome", "dead_lettered")]
+        ),
+        Some(1.0)
+    );
+    // Retried alone (the test env allows 3 attempts): the batchmates were never retried.
+    let retried = metric(&m, "messages_consumed_total", &[("outcome", "retried")]).unwrap_or(0.0);
+    assert_eq!(retried, 2.0, "{m}");
+    let issued: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE routing_key = 'invoice.issued'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(issued, 19);
+    db.close().await;
     node.shutdown().await;
 }

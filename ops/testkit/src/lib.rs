@@ -4,6 +4,7 @@
 //!
 //! Everything here talks to the real services on localhost; nothing is mocked.
 
+pub mod gate;
 pub mod otlp;
 
 use std::process::Command;
@@ -57,6 +58,11 @@ impl TestEnv {
 
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:5672/{}", self.vhost)
+    }
+
+    /// This env's vhost reached through `gate` (see [`gate::Gate`]).
+    pub fn amqp_url_via(&self, gate: &gate::Gate) -> String {
+        format!("amqp://guest:guest@{}/{}", gate.addr, self.vhost)
     }
 
     /// The database name of `node` in this env (always the same), dropped with the env.

@@ -120,16 +120,22 @@ async fn an_event_for_an_unknown_order_is_dead_lettered_and_consumption_goes_on(
 #[tokio::test]
 async fn while_the_broker_is_away_events_wait_and_then_leave_in_the_order_written() {
     let env = TestEnv::new();
-    // The broker "is away" for this node: its vhost does not exist until later.
-    testkit::rabbitmqctl(&["delete_vhost", &env.vhost]);
+    // The broker "is away" for the nodes only: they reach it through a gate that is shut.
+    let broker: std::net::SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    let gate = testkit::gate::Gate::start(broker, false).await;
     // Two replicas on one database, publishing one row at a time, so their relays interleave.
     let settings = [
-        ("AMQP_URL", env.amqp_url()),
+        ("AMQP_URL", env.amqp_url_via(&gate)),
         ("OUTBOX_BATCH_SIZE", "1".to_owned()),
     ];
     let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (node, c) = spawn_orders(&env, &settings).await;
     let (replica, _) = spawn_orders(&env, &settings).await;
+    // The test watches the exchange directly, bound before any event can leave.
+    let amqp = env.amqp().await;
+    let mut events = amqp
+        .watch(contracts::topology::ORDERS_EXCHANGE, "order.*")
+        .await;
     let mut ids = Vec::new();
     for _ in 0..10 {
         let order = create_order(&c).await;
@@ -146,22 +152,13 @@ async fn while_the_broker_is_away_events_wait_and_then_leave_in_the_order_writte
             .then_some(())
     })
     .await;
+    assert!(
+        events.try_recv().is_err(),
+        "nothing left while the broker was away"
+    );
 
     // The broker comes back.
-    testkit::rabbitmqctl(&["add_vhost", &env.vhost]);
-    testkit::rabbitmqctl(&[
-        "set_permissions",
-        "-p",
-        &env.vhost,
-        "guest",
-        ".*",
-        ".*",
-        ".*",
-    ]);
-    let amqp = env.amqp().await;
-    let mut events = amqp
-        .watch(contracts::topology::ORDERS_EXCHANGE, "order.*")
-        .await;
+    gate.open();
     let mut seen: Vec<(String, &'static str)> = Vec::new();
     while seen.len() < 20 {
         let d = tokio::time::timeout(Duration::from_secs(15), events.recv())

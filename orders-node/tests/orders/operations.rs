@@ -209,3 +209,122 @@ async fn past_the_in_flight_limit_intake_answers_503_instead_of_queueing() {
     assert_eq!(c.get("/orders").await.status, 200);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn every_known_series_exists_from_start_and_probes_stay_small() {
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[("STORE_WORKERS", "12")]).await;
+    let text = c.get("/metrics").await.text;
+    let m = |name: &str, labels: &[(&str, &str)]| metric(&text, name, labels);
+    // No crash yet is a 0, not a missing series: for every actor of the tree.
+    for actor in [
+        "orders-node/store",
+        "orders-node/store/worker-0",
+        "orders-node/store/worker-11",
+        "orders-node/amqp-link",
+        "orders-node/outbox-relay",
+        "orders-node/consumer",
+        "orders-node/http-intake",
+    ] {
+        assert_eq!(
+            m("actor_restarts_total", &[("actor", actor)]),
+            Some(0.0),
+            "{actor}"
+        );
+    }
+    for kind in ["invoice.issued", "invoice.paid", "invoice.voided"] {
+        for outcome in ["processed", "duplicate", "retried", "dead_lettered"] {
+            assert_eq!(
+                m(
+                    "messages_consumed_total",
+                    &[
+                        ("queue", "orders-node.invoices-events"),
+                        ("type", kind),
+                        ("outcome", outcome)
+                    ]
+                ),
+                Some(0.0),
+                "{kind} {outcome}"
+            );
+        }
+    }
+    for key in ["order.created", "order.canceled"] {
+        assert_eq!(
+            m("messages_published_total", &[("routing_key", key)]),
+            Some(0.0)
+        );
+    }
+    assert_eq!(
+        m(
+            "domain_events_total",
+            &[("entity", "order"), ("outcome", "invoiced")]
+        ),
+        Some(0.0)
+    );
+
+    // Readiness answers the checks only; the tree lives at /actors, in start order.
+    let ready = c.get("/health/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    assert_eq!(ready.body["checks"]["actors"], "running");
+    assert!(ready.body.get("actors").is_none(), "{}", ready.text);
+    assert!(ready.text.len() < 200, "{}", ready.text);
+    let tree = c.get("/actors").await.body;
+    let root = &tree["actors"][0];
+    let names = |node: &serde_json::Value| -> Vec<String> {
+        node["children"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(root),
+        [
+            "store",
+            "amqp-link",
+            "outbox-relay",
+            "consumer",
+            "http-intake"
+        ]
+    );
+    let workers: Vec<String> = (0..12).map(|i| format!("worker-{i}")).collect();
+    assert_eq!(names(&root["children"][0]), workers);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_crashed_actor_is_listed_by_readiness_while_it_is_down() {
+    let env = TestEnv::new();
+    // A long restart backoff keeps the crashed worker down while we look.
+    let (node, c) = spawn_orders(
+        &env,
+        &[
+            ("RECONNECT_BACKOFF_MIN", "3s"),
+            ("RECONNECT_BACKOFF_MAX", "3s"),
+        ],
+    )
+    .await;
+    assert!(node.inject_store_panic());
+    let ready = eventually(
+        "not ready while a worker is down",
+        Duration::from_secs(5),
+        || async {
+            let r = c.get("/health/ready").await;
+            (r.status == 503).then_some(r)
+        },
+    )
+    .await;
+    assert_eq!(ready.body["checks"]["actors"], "degraded");
+    assert_eq!(
+        ready.body["checks"]["not_running"],
+        serde_json::json!(["orders-node/store/worker-0"])
+    );
+    eventually(
+        "ready again after the restart",
+        Duration::from_secs(10),
+        || async { (c.get("/health/ready").await.status == 200).then_some(()) },
+    )
+    .await;
+    node.shutdown().await;
+}

@@ -1,0 +1,95 @@
+//! Group commit at intake: concurrent creates share one transaction, and one bad row
+//! neither fails nor duplicates its batchmates.
+
+use std::time::Duration;
+
+use testkit::{TestEnv, eventually};
+
+use crate::{create_order, spawn_orders};
+
+#[tokio::test]
+async fn a_failing_row_in_a_group_fails_alone_and_its_batchmates_commit_once() {
+    let env = TestEnv::new();
+    // One store worker taking up to 64 jobs: everything that waits goes into one group.
+    let (node, c) = spawn_orders(&env, &[("STORE_WORKERS", "1"), ("STORE_BATCH_SIZE", "64")]).await;
+    let db = env.pg(&env.database("orders")).await;
+    let poison = uuid::Uuid::new_v4();
+    // A real database failure for one row only.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.customer_id = '{poison}' THEN RAISE EXCEPTION 'poison row'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER reject_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION reject_poison();"
+    )))
+    .execute(&db)
+    .await
+    .unwrap();
+
+    // Park the only worker on a row lock, so the creates below pile up behind it.
+    let blocker = create_order(&c).await["id"].as_str().unwrap().to_owned();
+    let mut holder = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1::uuid FOR UPDATE")
+        .bind(&blocker)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let parked = {
+        let c = c.clone();
+        tokio::spawn(async move { c.post_empty(&format!("/orders/{blocker}/cancel")).await })
+    };
+    let admin = sqlx::PgPool::connect(testkit::PG_ADMIN_URL).await.unwrap();
+    eventually("the worker parked on the lock", Duration::from_secs(10), || async {
+        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'")
+            .bind(env.database("orders"))
+            .fetch_one(&admin)
+            .await
+            .ok()?;
+        (waiting == 1).then_some(())
+    })
+    .await;
+    admin.close().await;
+
+    let mut bodies: Vec<serde_json::Value> = (0..30).map(|_| testkit::order_body()).collect();
+    bodies[17]["customer_id"] = serde_json::json!(poison.to_string());
+    let sends = bodies.iter().map(|b| {
+        let c = c.clone();
+        let b = b.clone();
+        async move { c.post_json("/orders", &b).await }
+    });
+    let replies = {
+        let all = tokio::spawn(futures_util::future::join_all(sends.collect::<Vec<_>>()));
+        // Every create is queued behind the parked worker before it is released.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        holder.rollback().await.unwrap();
+        all.await.unwrap()
+    };
+    assert_eq!(parked.await.unwrap().status, 200);
+
+    for (i, reply) in replies.iter().enumerate() {
+        if i == 17 {
+            reply.problem(500);
+        } else {
+            assert_eq!(reply.status, 201, "request {i}: {}", reply.text);
+        }
+    }
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    let created_events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE routing_key = 'order.created'")
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    // 29 good ones plus the blocker, each exactly once, with exactly one event each.
+    assert_eq!((orders, created_events), (30, 30));
+    for (i, reply) in replies.iter().enumerate().filter(|(i, _)| *i != 17) {
+        let id = reply.body["id"].as_str().unwrap();
+        assert_eq!(
+            c.get(&format!("/orders/{id}")).await.status,
+            200,
+            "request {i}"
+        );
+    }
+    db.close().await;
+    node.shutdown().await;
+}
