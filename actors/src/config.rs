@@ -1,33 +1,56 @@
-//! Configuration from environment variables with fixed names and working defaults.
+//! Configuration from environment variables with fixed names and working defaults, read
+//! through `envy` into typed structs.
 //!
 //! A node's config is read from a [`Vars`] source (the process environment in `main`, a map
-//! in tests), so tests never mutate the environment. Every bad value is a [`ConfigError`]
-//! whose one-line message names the variable and the problem.
+//! in tests), so tests never mutate the environment. envy hands each struct field its value
+//! alone, without the variable's name; so that every error can name its variable, each
+//! value reaches envy tagged as `NAME=value` and every field is a [`Setting`], which parses
+//! the value and, on failure, fails with one line naming the variable and the problem.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeOwned, Deserializer};
 
 use crate::supervision::RestartPolicy;
 
 /// A bad configuration value: stops the node at start-up.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {var}={shown:?}: {problem}")]
+#[error("invalid configuration: {message}")]
 pub struct ConfigError {
+    /// The variable at fault.
     pub var: String,
-    shown: String,
-    problem: String,
+    /// `NAME="shown value": problem`, one line, secrets redacted.
+    message: String,
 }
 
-/// Where variables come from. It remembers which names were read, so tests can prove that
-/// every variable a deployment sets is one the node actually reads.
+impl ConfigError {
+    fn new(var: &str, raw: &str, problem: impl fmt::Display) -> Self {
+        let shown = redact_url(raw.trim());
+        let problem = problem.to_string().replace('\n', " ");
+        Self {
+            var: var.to_owned(),
+            message: format!("{var}={shown:?}: {problem}"),
+        }
+    }
+
+    fn from_envy(e: envy::Error) -> Self {
+        let message = e.to_string().replace('\n', " ");
+        Self {
+            var: message.split('=').next().unwrap_or_default().to_owned(),
+            message,
+        }
+    }
+}
+
+/// Where variables come from.
 #[derive(Debug, Clone, Default)]
 pub struct Vars {
-    values: HashMap<String, String>,
-    read: Arc<Mutex<BTreeSet<String>>>,
+    values: BTreeMap<String, String>,
 }
 
 impl Vars {
@@ -43,7 +66,6 @@ impl Vars {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
-            read: Arc::default(),
         }
     }
 
@@ -56,119 +78,167 @@ impl Vars {
         self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    /// The names a config has looked up so far (set or not).
-    pub fn read_names(&self) -> BTreeSet<String> {
-        self.read
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    /// Reads `T` through envy: each field of `T` (a [`Setting`], named like its variable in
+    /// lower case) gets its variable's value; variables `T` does not name are ignored.
+    pub fn read<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        let tagged = self
+            .values
+            .iter()
+            .map(|(k, v)| (k.clone(), format!("{k}={v}")));
+        envy::from_iter(tagged).map_err(ConfigError::from_envy)
     }
+}
 
-    fn raw(&self, var: &str) -> Option<&str> {
-        self.read
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(var.to_owned());
-        self.values
-            .get(var)
-            .map(String::as_str)
-            .filter(|v| !v.trim().is_empty())
+/// The variables a config struct `T` reads (its field names, upper-cased), e.g. to prove
+/// that every variable a deployment sets is one the node reads.
+pub fn variables_of<T: DeserializeOwned>() -> Vec<String> {
+    /// A deserializer that only records the field names a derived struct asks for.
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+    impl<'de> Deserializer<'de> for FieldNames<'_> {
+        type Error = de::value::Error;
+        fn deserialize_any<V: de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+        fn deserialize_struct<V: de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("field names recorded"))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
     }
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields.iter().map(|f| f.to_ascii_uppercase()).collect()
+}
 
-    fn error(&self, var: &str, problem: impl fmt::Display, secret: bool) -> ConfigError {
-        let shown = match (secret, self.raw(var)) {
-            (true, Some(v)) => redact_url(v),
-            (_, v) => v.unwrap_or_default().to_owned(),
+/// One variable as envy read it: unset (or blank), or a value parsed as `T`. A value that
+/// does not parse fails the whole read with one line naming the variable.
+#[derive(Debug, Clone)]
+pub struct Setting<T> {
+    var: String,
+    raw: String,
+    value: Option<T>,
+}
+
+impl<T> Default for Setting<T> {
+    fn default() -> Self {
+        Self {
+            var: String::new(),
+            raw: String::new(),
+            value: None,
+        }
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Setting<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let tagged = String::deserialize(deserializer)?;
+        let (var, raw) = tagged.split_once('=').unwrap_or(("", tagged.as_str()));
+        let value = match raw.trim() {
+            "" => None,
+            text => Some(
+                text.parse::<T>()
+                    .map_err(|e| de::Error::custom(ConfigError::new(var, raw, e).message))?,
+            ),
         };
-        ConfigError {
+        Ok(Self {
             var: var.to_owned(),
-            shown,
-            problem: problem.to_string(),
-        }
+            raw: raw.to_owned(),
+            value,
+        })
+    }
+}
+
+impl<T> Setting<T> {
+    /// The value, or `default` when unset.
+    pub fn or(self, default: T) -> T {
+        self.value.unwrap_or(default)
     }
 
-    /// A value parsed with `FromStr`, or `default` when unset.
-    pub fn parse<T: FromStr>(&self, var: &str, default: T) -> Result<T, ConfigError>
-    where
-        T::Err: fmt::Display,
-    {
-        match self.raw(var) {
-            None => Ok(default),
-            Some(v) => v.trim().parse().map_err(|e| self.error(var, e, false)),
-        }
+    pub fn optional(self) -> Option<T> {
+        self.value
     }
 
-    /// A number within `range`.
-    pub fn number<T>(
-        &self,
-        var: &str,
-        default: T,
-        range: std::ops::RangeInclusive<T>,
-    ) -> Result<T, ConfigError>
+    /// The value (or `default`), which must lie within `range`.
+    pub fn within(self, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, ConfigError>
     where
-        T: FromStr + PartialOrd + fmt::Display + Copy,
-        T::Err: fmt::Display,
+        T: PartialOrd + fmt::Display,
     {
-        let value = self.parse(var, default)?;
+        let (var, raw) = (self.var.clone(), self.raw.clone());
+        let value = self.or(default);
         if range.contains(&value) {
             Ok(value)
         } else {
-            Err(self.error(
-                var,
+            Err(ConfigError::new(
+                &var,
+                &raw,
                 format!("must be between {} and {}", range.start(), range.end()),
-                false,
             ))
         }
     }
 
-    /// A humantime duration such as `30d` or `250ms`.
-    pub fn duration(&self, var: &str, default: Duration) -> Result<Duration, ConfigError> {
-        match self.raw(var) {
-            None => Ok(default),
-            Some(v) => humantime::parse_duration(v.trim()).map_err(|e| self.error(var, e, false)),
-        }
+    /// An error about this variable's value.
+    pub fn invalid(&self, problem: impl fmt::Display) -> ConfigError {
+        ConfigError::new(&self.var, &self.raw, problem)
     }
+}
 
-    pub fn socket_addr(&self, var: &str, default: &str) -> Result<SocketAddr, ConfigError> {
-        let raw = self.raw(var).unwrap_or(default);
-        raw.trim().parse().map_err(|e| ConfigError {
-            var: var.to_owned(),
-            shown: raw.to_owned(),
-            problem: format!("{e} (expected host:port, e.g. 127.0.0.1:3333)"),
-        })
+/// A humantime duration such as `30d` or `250ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Human(pub Duration);
+
+impl FromStr for Human {
+    type Err = humantime::DurationError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(Human)
     }
+}
 
-    /// A URL with one of `schemes`; its password never appears in an error or log.
-    pub fn url(
-        &self,
-        var: &str,
-        default: &str,
-        schemes: &[&str],
-    ) -> Result<SecretUrl, ConfigError> {
-        let raw = self.raw(var).unwrap_or(default).trim().to_owned();
-        let scheme = raw.split_once("://").map(|(s, _)| s);
-        match scheme {
-            Some(s) if schemes.contains(&s) => Ok(SecretUrl(raw)),
-            _ => Err(self.error(
-                var,
+impl Setting<Human> {
+    /// The duration, or `default` when unset.
+    pub fn duration(self, default: Duration) -> Duration {
+        self.or(Human(default)).0
+    }
+}
+
+impl Setting<SecretUrl> {
+    /// The URL (or `default`), which must start with one of `schemes`.
+    pub fn url(self, default: &str, schemes: &[&str]) -> Result<SecretUrl, ConfigError> {
+        let (var, raw) = (self.var.clone(), self.raw.clone());
+        let url = self.or(SecretUrl::new(default));
+        match url.0.split_once("://") {
+            Some((scheme, _)) if schemes.contains(&scheme) => Ok(url),
+            _ => Err(ConfigError::new(
+                &var,
+                &raw,
                 format!("must be a URL starting with {}://", schemes.join("://, ")),
-                true,
             )),
         }
-    }
-
-    pub fn string(&self, var: &str, default: &str) -> String {
-        self.raw(var).unwrap_or(default).trim().to_owned()
-    }
-
-    pub fn optional_string(&self, var: &str) -> Option<String> {
-        self.raw(var).map(|v| v.trim().to_owned())
     }
 }
 
 /// A connection URL that may carry a password: `Debug`/`Display` redact it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl(String);
+
+impl FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
 
 impl SecretUrl {
     pub fn new(url: impl Into<String>) -> Self {
@@ -287,62 +357,122 @@ pub struct CommonConfig {
     pub log_json: bool,
 }
 
+/// The variables both nodes read, as envy fills them in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CommonEnv {
+    http_addr: Setting<SocketAddr>,
+    database_url: Setting<SecretUrl>,
+    database_pool_size: Setting<u32>,
+    amqp_url: Setting<SecretUrl>,
+    amqp_prefetch: Setting<u16>,
+    amqp_heartbeat: Setting<Human>,
+    consumer_lanes: Setting<usize>,
+    consumer_batch_size: Setting<usize>,
+    store_workers: Setting<usize>,
+    store_batch_size: Setting<usize>,
+    reconnect_backoff_min: Setting<Human>,
+    reconnect_backoff_max: Setting<Human>,
+    http_max_in_flight: Setting<usize>,
+    request_timeout: Setting<Human>,
+    outbox_poll_interval: Setting<Human>,
+    outbox_batch_size: Setting<i64>,
+    outbox_retention: Setting<Human>,
+    consumer_max_attempts: Setting<u32>,
+    restart_max: Setting<usize>,
+    restart_window: Setting<Human>,
+    shutdown_grace: Setting<Human>,
+    otel_exporter_otlp_endpoint: Setting<String>,
+    otel_exporter_otlp_protocol: Setting<OtlpProtocol>,
+    otel_service_name: Setting<String>,
+    rust_log: Setting<String>,
+    log_format: Setting<LogFormat>,
+}
+
+/// `LOG_FORMAT`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("must be text or json"),
+        }
+    }
+}
+
 impl CommonConfig {
+    /// The variables every node reads.
+    pub fn variables() -> Vec<String> {
+        variables_of::<CommonEnv>()
+    }
+
     pub fn from_vars(
         vars: &Vars,
         service: &str,
         default_addr: &str,
         default_db: &str,
     ) -> Result<Self, ConfigError> {
-        let backoff_min = vars.duration("RECONNECT_BACKOFF_MIN", Duration::from_millis(100))?;
-        let backoff_max = vars.duration("RECONNECT_BACKOFF_MAX", Duration::from_secs(10))?;
+        let env: CommonEnv = vars.read()?;
+        let backoff_max_setting = env.reconnect_backoff_max.clone();
+        let backoff_min = env
+            .reconnect_backoff_min
+            .duration(Duration::from_millis(100));
+        let backoff_max = env.reconnect_backoff_max.duration(Duration::from_secs(10));
         if backoff_max < backoff_min {
-            return Err(vars.error(
-                "RECONNECT_BACKOFF_MAX",
-                "must not be below RECONNECT_BACKOFF_MIN",
-                false,
-            ));
+            return Err(backoff_max_setting.invalid("must not be below RECONNECT_BACKOFF_MIN"));
         }
-        let log_format = vars.string("LOG_FORMAT", "text");
-        if log_format != "text" && log_format != "json" {
-            return Err(vars.error("LOG_FORMAT", "must be text or json", false));
-        }
+        let http_addr = match env.http_addr.optional() {
+            Some(addr) => addr,
+            None => default_addr
+                .parse()
+                .map_err(|e| ConfigError::new("HTTP_ADDR", default_addr, e))?,
+        };
         Ok(Self {
-            http_addr: vars.socket_addr("HTTP_ADDR", default_addr)?,
-            database_url: vars.url("DATABASE_URL", default_db, &["postgres", "postgresql"])?,
-            database_pool_size: vars.number("DATABASE_POOL_SIZE", 16, 1..=1000)?,
-            amqp_url: vars.url(
-                "AMQP_URL",
-                "amqp://guest:guest@localhost:5672/%2f",
-                &["amqp", "amqps"],
-            )?,
-            amqp_prefetch: vars.number("AMQP_PREFETCH", 256, 1..=10_000)?,
-            consumer_lanes: vars.number("CONSUMER_LANES", 4, 1..=256)?,
-            consumer_batch_size: vars.number("CONSUMER_BATCH_SIZE", 64, 1..=10_000)?,
-            store_workers: vars.number("STORE_WORKERS", 8, 1..=1000)?,
-            store_batch_size: vars.number("STORE_BATCH_SIZE", 64, 1..=10_000)?,
-            amqp_heartbeat: vars.duration("AMQP_HEARTBEAT", Duration::from_secs(10))?,
+            http_addr,
+            database_url: env
+                .database_url
+                .url(default_db, &["postgres", "postgresql"])?,
+            database_pool_size: env.database_pool_size.within(16, 1..=1000)?,
+            amqp_url: env
+                .amqp_url
+                .url("amqp://guest:guest@localhost:5672/%2f", &["amqp", "amqps"])?,
+            amqp_prefetch: env.amqp_prefetch.within(256, 1..=10_000)?,
+            consumer_lanes: env.consumer_lanes.within(4, 1..=256)?,
+            consumer_batch_size: env.consumer_batch_size.within(64, 1..=10_000)?,
+            store_workers: env.store_workers.within(8, 1..=1000)?,
+            store_batch_size: env.store_batch_size.within(64, 1..=10_000)?,
+            amqp_heartbeat: env.amqp_heartbeat.duration(Duration::from_secs(10)),
             reconnect_backoff_min: backoff_min,
             reconnect_backoff_max: backoff_max,
-            http_max_in_flight: vars.number("HTTP_MAX_IN_FLIGHT", 512, 1..=1_000_000)?,
-            request_timeout: vars.duration("REQUEST_TIMEOUT", Duration::from_secs(10))?,
-            outbox_poll_interval: vars.duration("OUTBOX_POLL_INTERVAL", Duration::from_secs(1))?,
-            outbox_batch_size: vars.number("OUTBOX_BATCH_SIZE", 256, 1..=10_000)?,
-            outbox_retention: vars
-                .duration("OUTBOX_RETENTION", Duration::from_secs(7 * 24 * 3600))?,
-            consumer_max_attempts: vars.number("CONSUMER_MAX_ATTEMPTS", 5, 1..=1000)?,
+            http_max_in_flight: env.http_max_in_flight.within(512, 1..=1_000_000)?,
+            request_timeout: env.request_timeout.duration(Duration::from_secs(10)),
+            outbox_poll_interval: env.outbox_poll_interval.duration(Duration::from_secs(1)),
+            outbox_batch_size: env.outbox_batch_size.within(256, 1..=10_000)?,
+            outbox_retention: env
+                .outbox_retention
+                .duration(Duration::from_secs(7 * 24 * 3600)),
+            consumer_max_attempts: env.consumer_max_attempts.within(5, 1..=1000)?,
             restart_policy: RestartPolicy {
-                max_restarts: vars.number("RESTART_MAX", 5, 1..=1000)?,
-                window: vars.duration("RESTART_WINDOW", Duration::from_secs(30))?,
+                max_restarts: env.restart_max.within(5, 1..=1000)?,
+                window: env.restart_window.duration(Duration::from_secs(30)),
                 backoff_min,
                 backoff_max,
             },
-            shutdown_grace: vars.duration("SHUTDOWN_GRACE", Duration::from_secs(10))?,
-            otel_endpoint: vars.optional_string("OTEL_EXPORTER_OTLP_ENDPOINT"),
-            otel_protocol: vars.parse("OTEL_EXPORTER_OTLP_PROTOCOL", OtlpProtocol::HttpProtobuf)?,
-            service_name: vars.string("OTEL_SERVICE_NAME", service),
-            log_filter: vars.string("RUST_LOG", "info"),
-            log_json: log_format == "json",
+            shutdown_grace: env.shutdown_grace.duration(Duration::from_secs(10)),
+            otel_endpoint: env.otel_exporter_otlp_endpoint.optional(),
+            otel_protocol: env
+                .otel_exporter_otlp_protocol
+                .or(OtlpProtocol::HttpProtobuf),
+            service_name: env.otel_service_name.or(service.to_owned()),
+            log_filter: env.rust_log.or("info".to_owned()),
+            log_json: env.log_format.or(LogFormat::Text) == LogFormat::Json,
         })
     }
 }
@@ -382,6 +512,50 @@ mod tests {
             let err = common(&[(var, value)]).expect_err(var).to_string();
             assert!(err.contains(var), "{err}");
             assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn envy_errors_name_the_variable_for_numbers_durations_addresses_and_urls() {
+        for (var, value, problem) in [
+            ("STORE_WORKERS", "0", "must be between 1 and 1000"),
+            ("AMQP_PREFETCH", "lots", "invalid digit"),
+            ("REQUEST_TIMEOUT", "10 parsecs", "unknown time unit"),
+            ("HTTP_ADDR", "localhost", "invalid socket address"),
+            (
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "carrier-pigeon",
+                "not supported",
+            ),
+        ] {
+            let err = common(&[(var, value)]).expect_err(var);
+            assert_eq!(err.var, var);
+            let line = err.to_string();
+            assert!(
+                line.starts_with(&format!("invalid configuration: {var}=")),
+                "{line}"
+            );
+            assert!(line.contains(problem), "{line}");
+        }
+    }
+
+    #[test]
+    fn blank_values_mean_unset_and_unknown_variables_are_ignored() {
+        let c = common(&[("SHUTDOWN_GRACE", "  "), ("SOMETHING_ELSE", "x")]).expect("valid");
+        assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_variables_read_are_the_fields_of_the_config() {
+        let names = CommonConfig::variables();
+        for name in [
+            "HTTP_ADDR",
+            "DATABASE_URL",
+            "AMQP_URL",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "RUST_LOG",
+        ] {
+            assert!(names.contains(&name.to_owned()), "{names:?}");
         }
     }
 

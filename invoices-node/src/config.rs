@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use actors::config::{CommonConfig, ConfigError, Vars};
+use serde::Deserialize;
+
+use actors::config::{CommonConfig, ConfigError, Human, Setting, Vars, variables_of};
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:3334";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/invoices";
@@ -16,8 +18,16 @@ pub struct InvoicesConfig {
     pub payment_terms: Duration,
 }
 
+/// This node's own variables, as envy fills them in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct InvoicesEnv {
+    payment_terms: Setting<Human>,
+}
+
 impl InvoicesConfig {
     pub fn from_vars(vars: &Vars) -> Result<Self, ConfigError> {
+        let own: InvoicesEnv = vars.read()?;
         Ok(Self {
             common: CommonConfig::from_vars(
                 vars,
@@ -25,7 +35,14 @@ impl InvoicesConfig {
                 DEFAULT_HTTP_ADDR,
                 DEFAULT_DATABASE_URL,
             )?,
-            payment_terms: vars.duration("PAYMENT_TERMS", DEFAULT_PAYMENT_TERMS)?,
+            payment_terms: own.payment_terms.duration(DEFAULT_PAYMENT_TERMS),
         })
+    }
+
+    /// Every variable this node reads.
+    pub fn variables() -> Vec<String> {
+        let mut names = CommonConfig::variables();
+        names.extend(variables_of::<InvoicesEnv>());
+        names
     }
 }

@@ -22,4 +22,9 @@ impl OrdersConfig {
             )?,
         })
     }
+
+    /// Every variable this node reads.
+    pub fn variables() -> Vec<String> {
+        CommonConfig::variables()
+    }
 }
