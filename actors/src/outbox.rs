@@ -86,3 +86,25 @@ pub async fn first_delivery(
     .rows_affected();
     Ok(inserted == 1)
 }
+
+/// Records consumed event ids in the caller's transaction, in one statement; returns the
+/// ids seen for the first time (the others were processed before: change nothing for them).
+pub async fn first_deliveries(
+    conn: &mut PgConnection,
+    event_ids: &[uuid::Uuid],
+    event_types: &[&str],
+) -> Result<Vec<uuid::Uuid>, sqlx::Error> {
+    if event_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "INSERT INTO inbox (event_id, event_type)
+         SELECT * FROM unnest($1::uuid[], $2::text[])
+         ON CONFLICT DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(event_ids)
+    .bind(event_types)
+    .fetch_all(conn)
+    .await
+}
