@@ -262,11 +262,16 @@ impl fmt::Display for SecretUrl {
     }
 }
 
-/// `scheme://user:secret@host/..` → `scheme://user:***@host/..`
+/// Hides every credential a connection URL can carry: the password in the userinfo
+/// (`scheme://user:***@host/..`) and any query parameter that holds a secret
+/// (`?password=***`, `sslpassword=***`, … — sqlx and lapin accept several).
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
+    let (rest, query) = rest
+        .split_once('?')
+        .map_or((rest, None), |(r, q)| (r, Some(q)));
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, None), |(a, p)| (a, Some(p)));
@@ -277,10 +282,30 @@ pub fn redact_url(url: &str) -> String {
         },
         None => authority.to_owned(),
     };
-    match path {
-        Some(p) => format!("{scheme}://{authority}/{p}"),
-        None => format!("{scheme}://{authority}"),
+    let mut out = format!("{scheme}://{authority}");
+    if let Some(p) = path {
+        out.push('/');
+        out.push_str(p);
     }
+    if let Some(q) = query {
+        let redacted: Vec<String> = q
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if is_secret_param(key) => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&redacted.join("&"));
+    }
+    out
+}
+
+fn is_secret_param(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["pass", "pwd", "secret", "token", "key", "auth"]
+        .iter()
+        .any(|word| key.contains(word))
 }
 
 /// `OTEL_EXPORTER_OTLP_PROTOCOL`: the standard values this node can export with.
@@ -574,5 +599,23 @@ mod tests {
         assert!(!err.contains("hunter2"), "{err}");
         let url = SecretUrl::new("postgres://app:hunter2@db:5432/orders");
         assert_eq!(format!("{url:?}"), "postgres://app:***@db:5432/orders");
+        for (raw, shown) in [
+            (
+                "postgres://u@127.0.0.1:1/x?password=S3CRET",
+                "postgres://u@127.0.0.1:1/x?password=***",
+            ),
+            (
+                "postgres://u@h/x?sslmode=require&sslpassword=S3CRET&application_name=a",
+                "postgres://u@h/x?sslmode=require&sslpassword=***&application_name=a",
+            ),
+            (
+                "amqp://u:S3CRET@h:5672/%2f?heartbeat=10",
+                "amqp://u:***@h:5672/%2f?heartbeat=10",
+            ),
+            ("postgres://h?PASSWORD=S3CRET", "postgres://h?PASSWORD=***"),
+        ] {
+            assert_eq!(redact_url(raw), shown);
+            assert_eq!(SecretUrl::new(raw).to_string(), shown);
+        }
     }
 }

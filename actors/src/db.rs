@@ -33,7 +33,8 @@ pub async fn connect_and_migrate(
     pool_size: u32,
     mut node: Migrator,
 ) -> Result<PgPool, DbError> {
-    let options = PgConnectOptions::from_str(url.expose()).map_err(DbError::Url)?;
+    let options =
+        PgConnectOptions::from_str(&known_parameters_only(url.expose())).map_err(DbError::Url)?;
     create_database_if_missing(url, &options).await?;
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
@@ -49,6 +50,56 @@ pub async fn connect_and_migrate(
     shared.set_ignore_missing(true).run(&pool).await?;
     node.set_ignore_missing(true).run(&pool).await?;
     Ok(pool)
+}
+
+/// Query parameters sqlx reads; it logs any other one *with its value* before ignoring
+/// it, which would print e.g. an `sslpassword`.
+const SQLX_PARAMETERS: [&str; 18] = [
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+/// The URL without the query parameters sqlx would ignore anyway; their names (never their
+/// values) are logged once here.
+fn known_parameters_only(url: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_owned();
+    };
+    let (kept, dropped): (Vec<&str>, Vec<&str>) = query.split('&').partition(|pair| {
+        let key = pair.split('=').next().unwrap_or_default();
+        SQLX_PARAMETERS.contains(&key)
+            || key.starts_with("options%5B")
+            || key.starts_with("options[")
+    });
+    let dropped: Vec<&str> = dropped
+        .iter()
+        .filter_map(|pair| pair.split('=').next())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if !dropped.is_empty() {
+        tracing::warn!(parameters = ?dropped, "DATABASE_URL: ignoring unrecognized connect parameters");
+    }
+    if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
 }
 
 async fn create_database_if_missing(

@@ -18,6 +18,54 @@ pub struct Causation {
     pub request_id: Option<String>,
 }
 
+/// The longest `tracestate` carried on (W3C allows 32 members of at most 256 characters,
+/// but recommends propagating at least 512 and truncating beyond).
+const MAX_TRACESTATE: usize = 512;
+/// The longest request id carried on.
+pub const MAX_REQUEST_ID: usize = 200;
+
+impl Causation {
+    /// Only what is safe to carry from input (an HTTP header, an AMQP header) into an outbox
+    /// row and on into AMQP headers: a W3C `traceparent`, a `tracestate` of printable ASCII
+    /// of at most 512 characters, a request id of 1 to 200 visible ASCII characters.
+    /// Anything else is dropped — a decorative header must never decide whether an event
+    /// takes effect (a NUL byte failed the database write; a 128 KB value made the broker
+    /// close the publisher's connection).
+    pub fn sanitized(self) -> Causation {
+        let traceparent = self.traceparent.filter(|tp| is_traceparent(tp));
+        Causation {
+            // A tracestate means nothing without its traceparent.
+            tracestate: self
+                .tracestate
+                .filter(|ts| traceparent.is_some() && is_tracestate(ts)),
+            traceparent,
+            request_id: self.request_id.filter(|id| is_request_id(id)),
+        }
+    }
+}
+
+/// `00-<32 hex>-<16 hex>-<2 hex>`, lower case, ids not all zero (W3C Trace Context).
+pub fn is_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let hex = |p: &str, n: usize| {
+        p.len() == n
+            && p.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    matches!(parts.as_slice(), [v, trace, parent, flags]
+        if *v == "00" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
+            && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0'))
+}
+
+fn is_tracestate(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_TRACESTATE && s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
+/// 1 to 200 visible ASCII characters: safe in a log line, a database row and a header.
+pub fn is_request_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_REQUEST_ID && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// Adds `event` to the outbox inside the caller's transaction: it will be published if and
 /// only if that transaction commits.
 pub async fn enqueue(
@@ -107,4 +155,48 @@ pub async fn first_deliveries(
     .bind(event_types)
     .fetch_all(conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_well_formed_bounded_context_is_carried_on() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ok = Causation {
+            traceparent: Some(tp.into()),
+            tracestate: Some("vendor=abc".into()),
+            request_id: Some("req-1".into()),
+        };
+        assert_eq!(ok.clone().sanitized(), ok);
+        for bad_tp in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            let c = Causation {
+                traceparent: Some(bad_tp.into()),
+                ..ok.clone()
+            }
+            .sanitized();
+            assert_eq!((c.traceparent, c.tracestate), (None, None), "{bad_tp}");
+        }
+        for bad_id in ["", "a\u{0}b", "has space", &"x".repeat(128 * 1024)] {
+            let c = Causation {
+                request_id: Some(bad_id.into()),
+                ..ok.clone()
+            }
+            .sanitized();
+            assert_eq!(c.request_id, None);
+            assert_eq!(c.traceparent.as_deref(), Some(tp));
+        }
+        let c = Causation {
+            tracestate: Some("a=".repeat(400)),
+            ..ok.clone()
+        }
+        .sanitized();
+        assert_eq!(c.tracestate, None);
+    }
 }

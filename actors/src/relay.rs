@@ -232,7 +232,9 @@ fn publish_span(row: &PendingRow, cause: &Causation) -> tracing::Span {
 
 /// AMQP properties and headers of one outbox row; the trace headers are the producer span's.
 fn properties(row: &PendingRow, app_id: &str, span: &tracing::Span) -> BasicProperties {
-    let mut cause: Causation = serde_json::from_value(row.headers.clone()).unwrap_or_default();
+    let mut cause = serde_json::from_value::<Causation>(row.headers.clone())
+        .unwrap_or_default()
+        .sanitized();
     let (traceparent, tracestate) = crate::telemetry::trace_headers(span);
     if traceparent.is_some() {
         cause.traceparent = traceparent;

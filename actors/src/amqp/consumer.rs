@@ -389,11 +389,13 @@ async fn admit(args: &ConsumerArgs, delivery: Delivery) -> Option<Item> {
         messaging.message.id = %message_id,
         messaging.consumer.group.name = args.input.queue,
     );
+    // Whatever a publisher put in these headers, only well-formed, bounded values go on.
     let from_headers = Causation {
         traceparent: header_str(headers, topology::TRACEPARENT_HEADER),
         tracestate: header_str(headers, topology::TRACESTATE_HEADER),
-        request_id: None,
-    };
+        request_id: header_str(headers, topology::REQUEST_ID_HEADER),
+    }
+    .sanitized();
     crate::telemetry::set_remote_parent(
         &span,
         from_headers.traceparent.as_deref(),
@@ -414,12 +416,9 @@ async fn admit(args: &ConsumerArgs, delivery: Delivery) -> Option<Item> {
         }
     };
     // Events this delivery causes continue from the consumer span, and keep the request id.
-    let cause = span.in_scope(|| {
-        Causation::current(
-            header_str(headers, topology::REQUEST_ID_HEADER),
-            &from_headers,
-        )
-    });
+    let cause = span
+        .in_scope(|| Causation::current(from_headers.request_id.clone(), &from_headers))
+        .sanitized();
     Some(Item {
         event,
         delivered: Delivered {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -19,28 +19,41 @@ pub struct Cursor {
     pub id: Uuid,
 }
 
+/// The cursor format's version, the first two characters of every cursor.
+const CURSOR_VERSION: &str = "c1";
+
 impl Cursor {
-    /// Opaque to clients: hex of `<micros>_<uuid>`.
+    /// Opaque to clients: `c1` then hex of the position (microseconds since the epoch,
+    /// 8 bytes big-endian, then the 16 bytes of the id). The version prefix lets a later
+    /// format refuse — or still read — these.
     pub fn encode(&self) -> String {
-        format!("{}_{}", self.at.timestamp_micros(), self.id)
-            .bytes()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        let mut bytes = Vec::with_capacity(24);
+        bytes.extend_from_slice(&self.at.timestamp_micros().to_be_bytes());
+        bytes.extend_from_slice(self.id.as_bytes());
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{CURSOR_VERSION}{hex}")
     }
 
+    /// The position a cursor stands for; `None` for anything this API did not hand out —
+    /// including a well-formed cursor whose time lies outside the years 1 to 9999, which
+    /// PostgreSQL could not compare against (that used to be a 500).
     pub fn decode(s: &str) -> Option<Cursor> {
-        if !s.len().is_multiple_of(2) || s.len() > 200 {
+        let hex = s.strip_prefix(CURSOR_VERSION)?;
+        if hex.len() != 48 {
             return None;
         }
-        let bytes: Option<Vec<u8>> = (0..s.len())
+        let bytes: Vec<u8> = (0..hex.len())
             .step_by(2)
-            .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-            .collect();
-        let text = String::from_utf8(bytes?).ok()?;
-        let (micros, id) = text.split_once('_')?;
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+            .collect::<Option<_>>()?;
+        let micros = i64::from_be_bytes(bytes[..8].try_into().ok()?);
+        let at = DateTime::from_timestamp_micros(micros)?;
+        if !(1..=9999).contains(&at.year()) {
+            return None;
+        }
         Some(Cursor {
-            at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-            id: Uuid::parse_str(id).ok()?,
+            at,
+            id: Uuid::from_slice(&bytes[8..]).ok()?,
         })
     }
 }
@@ -184,5 +197,37 @@ mod tests {
                 .map(|p| p.status),
             Some(400)
         );
+    }
+
+    #[test]
+    fn crafted_cursors_are_refused_not_passed_to_the_database() {
+        let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        let out_of_range = |micros: i64| {
+            let mut bytes = micros.to_be_bytes().to_vec();
+            bytes.extend_from_slice(Uuid::nil().as_bytes());
+            format!(
+                "c1{}",
+                bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
+        };
+        for crafted in [
+            // The old format's hex of a timestamp PostgreSQL cannot store (was a 500).
+            hex("-400000000000000000_00000000-0000-0000-0000-000000000000"),
+            out_of_range(-400_000_000_000_000_000),
+            out_of_range(i64::MAX),
+            out_of_range(300_000_000_000_000_000),
+            "c1".to_owned(),
+            format!("c2{}", "0".repeat(48)),
+            format!("c1{}", "z".repeat(48)),
+            format!("c1{}", "0".repeat(50)),
+        ] {
+            assert_eq!(Cursor::decode(&crafted), None, "{crafted}");
+        }
+        let c = Cursor {
+            at: DateTime::from_timestamp_micros(1_790_000_000_123_456).expect("ts"),
+            id: Uuid::now_v7(),
+        };
+        assert!(c.encode().starts_with("c1"));
+        assert_eq!(Cursor::decode(&c.encode()), Some(c));
     }
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 use warp::http::{HeaderMap, Method};
 
-use super::problem::Problem;
+use super::problem::{FieldError, Problem};
 use crate::outbox::Causation;
 
 /// Largest accepted request body.
@@ -41,7 +41,7 @@ impl HttpRequest {
             tracestate: self.header("tracestate").map(str::to_owned),
             request_id: None,
         };
-        Causation::current(Some(self.request_id.clone()), &from_headers)
+        Causation::current(Some(self.request_id.clone()), &from_headers.sanitized()).sanitized()
     }
 
     /// The body as JSON: 415 without `Content-Type: application/json`, 400 when malformed.
@@ -58,8 +58,17 @@ impl HttpRequest {
         {
             return Err(Problem::unsupported_media_type());
         }
-        serde_json::from_slice(&self.body)
-            .map_err(|e| Problem::malformed_json(format!("the body is not valid JSON: {e}")))
+        match serde_json::from_slice::<StrictJson>(&self.body) {
+            Ok(StrictJson(value)) => Ok(value),
+            // Well-formed JSON that repeats a key: a schema violation, not a syntax error.
+            Err(e) if e.is_data() => Err(Problem::validation(vec![FieldError::new(
+                "",
+                e.to_string(),
+            )])),
+            Err(e) => Err(Problem::malformed_json(format!(
+                "the body is not valid JSON: {e}"
+            ))),
+        }
     }
 
     /// Query parameters, percent-decoded. A repeated parameter is a 400.
@@ -81,6 +90,70 @@ impl HttpRequest {
             }
         }
         Ok(params)
+    }
+}
+
+/// A JSON value read strictly: an object that repeats a key is refused (serde_json's own
+/// `Value` silently keeps the last one, so `"currency":"BRL","currency":"USD"` would pass).
+struct StrictJson(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let StrictJson(value) = map.next_value()?;
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} appears more than once"
+                )));
+            }
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
     }
 }
 
@@ -121,7 +194,7 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .iter()
         .filter_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
         .map(str::trim)
-        .find(|v| !v.is_empty() && v.len() <= 200 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .find(|v| crate::outbox::is_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(|| Uuid::now_v7().to_string())
 }
@@ -146,6 +219,34 @@ mod tests {
         assert!(req.query_params().is_err());
         req.query = Some("limit=%zz".into());
         assert!(req.query_params().is_err());
+    }
+
+    #[test]
+    fn a_repeated_json_key_is_a_422_and_broken_json_a_400() {
+        let mut req = HttpRequest {
+            method: Method::POST,
+            path: "/orders".into(),
+            query: None,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(
+                br#"{"currency":"BRL","items":[{"a":1,"b":[true,null,1.5]}]}"#,
+            ),
+            request_id: "r".into(),
+        };
+        req.headers
+            .insert("content-type", "application/json".parse().expect("header"));
+        assert_eq!(req.json().expect("valid")["items"][0]["b"][2], 1.5);
+        req.body = Bytes::from_static(br#"{"currency":"BRL","currency":"USD"}"#);
+        let problem = req.json().expect_err("duplicate key");
+        assert_eq!(problem.status, 422);
+        assert!(
+            problem.errors[0].message.contains("currency"),
+            "{problem:?}"
+        );
+        req.body = Bytes::from_static(br#"{"items":[{"sku":"A","sku":"B"}]}"#);
+        assert_eq!(req.json().expect_err("nested duplicate").status, 422);
+        req.body = Bytes::from_static(br#"{"currency":"BRL""#);
+        assert_eq!(req.json().expect_err("truncated").status, 400);
     }
 
     #[test]

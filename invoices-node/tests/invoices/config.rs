@@ -32,3 +32,30 @@ fn an_unreachable_database_stops_the_binary_with_one_line() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot reach PostgreSQL"), "{stderr}");
 }
+
+#[test]
+fn no_form_of_password_in_a_url_reaches_the_start_up_error() {
+    for (var, url) in [
+        ("DATABASE_URL", "postgres://u@127.0.0.1:1/x?password=S3CRET"),
+        ("DATABASE_URL", "postgres://u:S3CRET@127.0.0.1:1/x"),
+        (
+            "DATABASE_URL",
+            "postgres://u@127.0.0.1:1/x?sslpassword=S3CRET&sslmode=disable",
+        ),
+        ("AMQP_URL", "http://u:S3CRET@127.0.0.1:1/?password=S3CRET"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_invoices-node"))
+            .env(var, url)
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .output()
+            .expect("binary runs");
+        assert!(!out.status.success(), "{var}={url}");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!all.contains("S3CRET"), "{var}={url} leaked: {all}");
+        assert!(all.contains(var) || all.contains("PostgreSQL"), "{all}");
+    }
+}

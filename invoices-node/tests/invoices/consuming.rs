@@ -432,3 +432,68 @@ async fn a_failing_event_in_a_batch_is_retried_alone_and_dead_lettered_and_its_b
     db.close().await;
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn hostile_headers_on_a_valid_event_are_dropped_and_the_event_takes_effect() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let mut out = amqp
+        .watch(topology::INVOICES_EXCHANGE, "invoice.issued")
+        .await;
+    let (node, c) = spawn_invoices(&env, &[]).await;
+    // As large as the broker lets a publisher send (its frame limit is 128 KiB).
+    let huge = "r".repeat(120 * 1024);
+    let cases: [(&str, &str); 4] = [
+        (topology::REQUEST_ID_HEADER, huge.as_str()),
+        (topology::REQUEST_ID_HEADER, "nul\u{0}byte"),
+        (topology::TRACEPARENT_HEADER, huge.as_str()),
+        (topology::TRACESTATE_HEADER, "only-without-traceparent"),
+    ];
+    let mut orders = Vec::new();
+    for (header, value) in cases {
+        let order_id = Uuid::new_v4();
+        let event = order_created(order_id);
+        let mut headers = lapin::types::FieldTable::default();
+        headers.insert(
+            topology::CONTRACT_VERSION_HEADER.into(),
+            AMQPValue::LongLongInt(1),
+        );
+        headers.insert(header.into(), AMQPValue::LongString(value.into()));
+        amqp.publish(
+            topology::ORDERS_EXCHANGE,
+            "order.created",
+            &contracts::encode(&event),
+            BasicProperties::default()
+                .with_type("order.created".into())
+                .with_message_id(event.event_id().to_string().into())
+                .with_headers(headers),
+        )
+        .await;
+        orders.push(order_id);
+    }
+    for _ in &orders {
+        let d = tokio::time::timeout(Duration::from_secs(10), out.recv())
+            .await
+            .expect("every invoice.issued published")
+            .unwrap();
+        let h = d.properties.headers().as_ref().unwrap().inner();
+        assert!(h.get(topology::REQUEST_ID_HEADER).is_none(), "{h:?}");
+        if let Some(AMQPValue::LongString(tp)) = h.get(topology::TRACEPARENT_HEADER) {
+            assert_eq!(tp.as_bytes().len(), 55);
+        }
+        assert!(h.get(topology::TRACESTATE_HEADER).is_none(), "{h:?}");
+    }
+    for id in &orders {
+        assert_eq!(invoices_of(&c, *id).await.len(), 1, "order {id}");
+    }
+    let m = c.get("/metrics").await.text;
+    assert_eq!(
+        metric(
+            &m,
+            "messages_consumed_total",
+            &[("outcome", "dead_lettered")]
+        ),
+        Some(0.0)
+    );
+    node.shutdown().await;
+}

@@ -94,6 +94,11 @@ async fn bad_requests_get_problem_json_and_lists_page() {
     c.get("/invoices?order_id=x").await.problem(422);
     c.get("/invoices?limit=-1").await.problem(422);
     c.get("/invoices?cursor=%%%").await.problem(400);
+    for crafted in testkit::CRAFTED_CURSORS {
+        c.get(&format!("/invoices?cursor={crafted}"))
+            .await
+            .problem(400);
+    }
 
     for _ in 0..5 {
         amqp.publish_event(&order_created(Uuid::new_v4())).await;

@@ -461,6 +461,13 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     found
 }
 
+/// The hex of `-400000000000000000_00000000-0000-0000-0000-000000000000` (the old cursor
+/// format around a timestamp PostgreSQL cannot store), and its versioned equivalent.
+pub const CRAFTED_CURSORS: [&str; 2] = [
+    "2d3430303030303030303030303030303030305f30303030303030302d303030302d303030302d303030302d303030303030303030303030",
+    "c1fa72ea1e89d8000000000000000000000000000000000000",
+];
+
 /// A valid order body.
 pub fn order_body() -> Value {
     serde_json::json!({

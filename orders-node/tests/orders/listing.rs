@@ -49,6 +49,11 @@ async fn pages_walk_every_order_once_newest_first_and_filters_apply() {
     let canceled = c.get("/orders?status=canceled").await;
     assert_eq!(canceled.body["items"].as_array().unwrap().len(), 0);
     assert_eq!(canceled.body["next_cursor"], serde_json::Value::Null);
+    for crafted in testkit::CRAFTED_CURSORS {
+        c.get(&format!("/orders?cursor={crafted}"))
+            .await
+            .problem(400);
+    }
 
     let one = c.get(&format!("/orders/{}", created[0])).await;
     assert_eq!(one.status, 200);

@@ -20,6 +20,22 @@ async fn bad_requests_get_the_status_api_md_names() {
         )
         .await;
     r.problem(400);
+    // Well-formed JSON that repeats a key: 422, not "the last one wins".
+    let r = c
+        .send(
+            c.request(reqwest::Method::POST, "/orders")
+                .header("content-type", "application/json")
+                .body(
+                    r#"{"customer_id":"5b3f8f3e-8a4e-4a49-9b63-0c8f7f4d2a11","currency":"BRL","currency":"USD","items":[{"sku":"A","quantity":1,"unit_price_cents":1}]}"#,
+                ),
+        )
+        .await;
+    assert!(
+        r.problem(422)["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("currency")
+    );
     // No or wrong Content-Type on a body: 415.
     let r = c
         .send(
