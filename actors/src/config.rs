@@ -362,6 +362,8 @@ pub struct CommonConfig {
     /// `OUTBOX_POLL_INTERVAL` (default 1s) and `OUTBOX_BATCH_SIZE` (default 256).
     pub outbox_poll_interval: Duration,
     pub outbox_batch_size: i64,
+    /// `OUTBOX_CONCURRENCY` (default 4): relay passes in flight at once.
+    pub outbox_concurrency: usize,
     /// `OUTBOX_RETENTION` (default 7d): published rows are deleted after this.
     pub outbox_retention: Duration,
     /// `CONSUMER_MAX_ATTEMPTS` (default 5): a handler error (other than an outage) this many
@@ -402,6 +404,7 @@ pub struct CommonEnv {
     request_timeout: Setting<Human>,
     outbox_poll_interval: Setting<Human>,
     outbox_batch_size: Setting<i64>,
+    outbox_concurrency: Setting<usize>,
     outbox_retention: Setting<Human>,
     consumer_max_attempts: Setting<u32>,
     restart_max: Setting<usize>,
@@ -480,6 +483,7 @@ impl CommonConfig {
             request_timeout: env.request_timeout.duration(Duration::from_secs(10)),
             outbox_poll_interval: env.outbox_poll_interval.duration(Duration::from_secs(1)),
             outbox_batch_size: env.outbox_batch_size.within(256, 1..=10_000)?,
+            outbox_concurrency: env.outbox_concurrency.within(4, 1..=64)?,
             outbox_retention: env
                 .outbox_retention
                 .duration(Duration::from_secs(7 * 24 * 3600)),

@@ -168,6 +168,7 @@ pub async fn start(
         notifier,
         app_id: spec.name.to_owned(),
         batch_size: config.outbox_batch_size,
+        concurrency: config.outbox_concurrency,
         poll_interval: config.outbox_poll_interval,
         retention: config.outbox_retention,
         backoff_min: config.reconnect_backoff_min,

@@ -1,12 +1,15 @@
 //! The outbox relay actor.
 //!
-//! Owns: a confirm-mode channel. Takes: `Wake` (a store committed new events) and `Tick`
-//! (a periodic poll, which also covers other replicas' rows and recovery after a crash).
-//! Each pass locks a batch of pending rows with `FOR UPDATE SKIP LOCKED` (replicas share the
-//! outbox safely), publishes them all with publisher confirms in flight together, and marks
-//! as published only those the broker acknowledged, in the same transaction. Only the
-//! oldest pending row of each order is taken, so one order's events leave in the order
-//! they were written. While the broker is down rows wait and passes back off.
+//! Owns: a confirm-mode channel and the passes in flight. Takes: `Wake` (a store committed
+//! new events), `Tick` (a periodic poll, which also covers other replicas' rows and recovery
+//! after a crash) and `PassDone`. Each pass locks a batch of pending rows with `FOR UPDATE
+//! SKIP LOCKED` (replicas share the outbox safely), publishes them all with publisher
+//! confirms in flight together, and marks as published only those the broker acknowledged,
+//! in the same transaction. Up to `OUTBOX_CONCURRENCY` passes run at once, so rows committed
+//! while a pass waits for its confirms leave at once in the next pass instead of waiting
+//! for it. Only the oldest pending row of each order is taken — and a row locked by a pass
+//! still counts as pending — so one order's events leave in the order they were written.
+//! While the broker is down rows wait and passes back off.
 //!
 //! On failure its supervisor restarts it; nothing is lost because state lives in the table.
 
@@ -32,6 +35,8 @@ use crate::supervision::ChildHandle;
 pub enum RelayMsg {
     Wake,
     Tick,
+    /// A pass ended: how many rows it took, or why it failed.
+    PassDone(Result<usize, String>),
 }
 
 /// Lets stores wake the relay after a commit without flooding its mailbox.
@@ -65,6 +70,8 @@ pub struct RelayArgs {
     pub notifier: OutboxNotifier,
     pub app_id: String,
     pub batch_size: i64,
+    /// Passes in flight at once.
+    pub concurrency: usize,
     pub poll_interval: Duration,
     pub retention: Duration,
     pub backoff_min: Duration,
@@ -80,6 +87,19 @@ pub struct RelayState {
     failures: u32,
     next_attempt: Instant,
     last_cleanup: Instant,
+    passes: tokio::task::JoinSet<()>,
+    /// Rows may be waiting that no pass has looked for yet.
+    dirty: bool,
+}
+
+/// What one pass needs, detached from the actor so several can run at once.
+#[derive(Clone)]
+struct Pass {
+    pool: PgPool,
+    channel: Channel,
+    app_id: String,
+    batch_size: i64,
+    metrics: Metrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +145,8 @@ impl Actor for OutboxRelay {
             failures: 0,
             next_attempt: now,
             last_cleanup: now,
+            passes: tokio::task::JoinSet::new(),
+            dirty: true,
         })
     }
 
@@ -133,9 +155,18 @@ impl Actor for OutboxRelay {
         _myself: ActorRef<RelayMsg>,
         state: &mut RelayState,
     ) -> Result<(), ActorProcessingErr> {
-        // A last pass so that what was committed before shutdown leaves now.
+        // Let the passes in flight finish, then a last pass so that what was committed
+        // before shutdown leaves now.
+        let passes = async { while state.passes.join_next().await.is_some() {} };
+        let _ = tokio::time::timeout(Duration::from_secs(5), passes).await;
+        state.passes.abort_all();
         if state.failures == 0 {
-            let _ = tokio::time::timeout(Duration::from_secs(5), drain(state)).await;
+            let last = async {
+                let pass = pass_of(state).await?;
+                while publish_batch(&pass).await? >= pass.batch_size as usize {}
+                Ok::<_, RelayError>(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), last).await;
         }
         if let Some(channel) = state.channel.take() {
             let _ = channel.close(200, "relay stopping".into()).await;
@@ -145,53 +176,88 @@ impl Actor for OutboxRelay {
 
     async fn handle(
         &self,
-        _myself: ActorRef<RelayMsg>,
+        myself: ActorRef<RelayMsg>,
         msg: RelayMsg,
         state: &mut RelayState,
     ) -> Result<(), ActorProcessingErr> {
-        if matches!(msg, RelayMsg::Wake) {
-            state.args.notifier.pending.store(false, Ordering::Release);
-        }
-        if Instant::now() < state.next_attempt {
-            return Ok(());
-        }
-        match drain(state).await {
-            Ok(()) => {
+        match msg {
+            RelayMsg::Wake => {
+                state.args.notifier.pending.store(false, Ordering::Release);
+                state.dirty = true;
+            }
+            RelayMsg::Tick => {
+                state.dirty = true;
+                if state.last_cleanup.elapsed() > Duration::from_secs(600) {
+                    state.last_cleanup = Instant::now();
+                    let _ = delete_published(state).await;
+                }
+                update_backlog_metrics(state).await;
+            }
+            RelayMsg::PassDone(Ok(rows)) => {
                 if state.failures > 0 {
                     tracing::info!("outbox relay recovered");
+                    update_backlog_metrics(state).await;
                 }
                 state.failures = 0;
+                // A full batch: more may wait.
+                state.dirty |= rows >= state.args.batch_size as usize;
             }
-            Err(e) => {
-                state.channel = None;
-                state.failures += 1;
-                let delay = crate::backoff::exponential(
-                    state.args.backoff_min,
-                    state.args.backoff_max,
-                    state.failures,
-                );
-                state.next_attempt = Instant::now() + delay;
-                if state.failures == 1 || state.failures.is_multiple_of(20) {
-                    tracing::warn!(error = %e, failures = state.failures, retry_in = ?delay, "outbox relay cannot publish; events wait in the outbox");
-                }
-            }
+            RelayMsg::PassDone(Err(e)) => self.failed(state, &e),
         }
-        if state.last_cleanup.elapsed() > Duration::from_secs(600) {
-            state.last_cleanup = Instant::now();
-            let _ = delete_published(state).await;
-        }
-        update_backlog_metrics(state).await;
+        // Reap finished passes (their outcome came as PassDone).
+        while state.passes.try_join_next().is_some() {}
+        self.start_passes(&myself, state).await;
         Ok(())
     }
 }
 
-async fn drain(state: &mut RelayState) -> Result<(), RelayError> {
-    loop {
-        let published = publish_batch(state).await?;
-        if published < state.args.batch_size as usize {
-            return Ok(());
+impl OutboxRelay {
+    /// Starts passes while rows may wait and fewer than `concurrency` are in flight.
+    async fn start_passes(&self, myself: &ActorRef<RelayMsg>, state: &mut RelayState) {
+        while state.dirty
+            && state.passes.len() < state.args.concurrency.max(1)
+            && Instant::now() >= state.next_attempt
+        {
+            state.dirty = false;
+            let pass = match pass_of(state).await {
+                Ok(pass) => pass,
+                Err(e) => {
+                    self.failed(state, &e.to_string());
+                    return;
+                }
+            };
+            let me = myself.clone();
+            state.passes.spawn(async move {
+                let outcome = publish_batch(&pass).await.map_err(|e| e.to_string());
+                let _ = me.cast(RelayMsg::PassDone(outcome));
+            });
         }
     }
+
+    fn failed(&self, state: &mut RelayState, error: &str) {
+        state.channel = None;
+        state.failures += 1;
+        let delay = crate::backoff::exponential(
+            state.args.backoff_min,
+            state.args.backoff_max,
+            state.failures,
+        );
+        state.next_attempt = Instant::now() + delay;
+        state.dirty = true;
+        if state.failures == 1 || state.failures.is_multiple_of(20) {
+            tracing::warn!(error, failures = state.failures, retry_in = ?delay, "outbox relay cannot publish; events wait in the outbox");
+        }
+    }
+}
+
+async fn pass_of(state: &mut RelayState) -> Result<Pass, RelayError> {
+    Ok(Pass {
+        pool: state.args.pool.clone(),
+        channel: confirm_channel(state).await?,
+        app_id: state.args.app_id.clone(),
+        batch_size: state.args.batch_size,
+        metrics: state.args.metrics.clone(),
+    })
 }
 
 async fn confirm_channel(state: &mut RelayState) -> Result<Channel, RelayError> {
@@ -263,9 +329,9 @@ fn properties(row: &PendingRow, app_id: &str, span: &tracing::Span) -> BasicProp
         .with_headers(header_table(headers))
 }
 
-async fn publish_batch(state: &mut RelayState) -> Result<usize, RelayError> {
+async fn publish_batch(pass: &Pass) -> Result<usize, RelayError> {
     let started = Instant::now();
-    let mut tx = state.args.pool.begin().await?;
+    let mut tx = pass.pool.begin().await?;
     let rows: Vec<PendingRow> = sqlx::query_as(
         "SELECT o.id, o.event_id, o.exchange, o.routing_key, o.payload, o.headers, o.created_at
            FROM outbox o
@@ -277,14 +343,14 @@ async fn publish_batch(state: &mut RelayState) -> Result<usize, RelayError> {
           LIMIT $1
           FOR UPDATE SKIP LOCKED",
     )
-    .bind(state.args.batch_size)
+    .bind(pass.batch_size)
     .fetch_all(&mut *tx)
     .await?;
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(0);
     }
-    let (acked, refused) = match publish_rows(state, &rows).await {
+    let (acked, refused) = match publish_rows(pass, &rows).await {
         Ok(outcome) => outcome,
         Err(e) => {
             // Unlock the rows now: a dropped transaction rolls back only in the background,
@@ -298,9 +364,7 @@ async fn publish_batch(state: &mut RelayState) -> Result<usize, RelayError> {
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    state
-        .args
-        .metrics
+    pass.metrics
         .outbox_batch
         .observe(started.elapsed().as_secs_f64());
     if refused > 0 {
@@ -311,18 +375,15 @@ async fn publish_batch(state: &mut RelayState) -> Result<usize, RelayError> {
 
 /// Publishes every row with confirms in flight together; returns the ids the broker
 /// acknowledged and how many it refused.
-async fn publish_rows(
-    state: &mut RelayState,
-    rows: &[PendingRow],
-) -> Result<(Vec<i64>, usize), RelayError> {
-    let channel = confirm_channel(state).await?;
+async fn publish_rows(pass: &Pass, rows: &[PendingRow]) -> Result<(Vec<i64>, usize), RelayError> {
+    let channel = &pass.channel;
     let mut confirms = Vec::with_capacity(rows.len());
     // Each producer span stays open until the broker confirmed its message.
     let mut spans = Vec::with_capacity(rows.len());
     for row in rows {
         let cause: Causation = serde_json::from_value(row.headers.clone()).unwrap_or_default();
         let span = publish_span(row, &cause);
-        let props = properties(row, &state.args.app_id, &span);
+        let props = properties(row, &pass.app_id, &span);
         spans.push(span);
         let confirm = channel
             .basic_publish(
@@ -343,9 +404,7 @@ async fn publish_rows(
         match confirmation? {
             Confirmation::Ack(_) => {
                 acked.push(row.id);
-                state
-                    .args
-                    .metrics
+                pass.metrics
                     .published
                     .with_label_values(&[row.exchange.as_str(), row.routing_key.as_str()])
                     .inc();
