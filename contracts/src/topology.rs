@@ -34,6 +34,12 @@ pub const TRACESTATE_HEADER: &str = "tracestate";
 /// The HTTP request id that caused the event, when there was one.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Headers a consumer adds to a message it dead-letters: why, and where it came from (the
+/// broker's own `x-death` is added only when the broker dead-letters by itself).
+pub const DEAD_LETTER_REASON_HEADER: &str = "x-dead-letter-reason";
+pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-original-exchange";
+pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
+
 /// The dead-letter queue of a consumed queue: `<queue>.dlq`.
 pub fn dead_letter_queue(queue: &str) -> String {
     format!("{queue}.dlq")

@@ -190,7 +190,7 @@ pub async fn apply_order_events(
     let creates: Vec<&OrderCreated> = batch
         .iter()
         .filter_map(|i| match &i.event {
-            Event::OrderCreated(e) if domain_valid(e) => Some(e),
+            Event::OrderCreated(e) if e.violations().is_empty() => Some(e),
             _ => None,
         })
         .collect();
@@ -367,16 +367,10 @@ async fn apply_order_event(
     terms: Duration,
     cause: &Causation,
 ) -> Result<(Outcome, Effect), StoreError> {
+    if let Some(reason) = event.contract_breach() {
+        return Ok((Outcome::Invalid(reason), Effect::Nothing));
+    }
     let order_id = match event {
-        Event::OrderCreated(e) if !domain_valid(e) => {
-            return Ok((
-                Outcome::Invalid(format!(
-                    "order.created {} has an invalid currency or amount",
-                    e.event_id
-                )),
-                Effect::Nothing,
-            ));
-        }
         Event::OrderCreated(e) => e.order_id,
         Event::OrderCanceled(e) => e.order_id,
         other => {
@@ -474,12 +468,6 @@ async fn issue(
     } else {
         Effect::Issued
     })
-}
-
-fn domain_valid(e: &OrderCreated) -> bool {
-    e.total_cents >= 0
-        && e.currency.len() == 3
-        && e.currency.bytes().all(|b| b.is_ascii_uppercase())
 }
 
 #[tracing::instrument(name = "UPDATE invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]

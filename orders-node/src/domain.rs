@@ -8,11 +8,10 @@ use uuid::Uuid;
 use actors::http::FieldError;
 use contracts::LineItem;
 
-pub const MAX_ITEMS: usize = 100;
-pub const MAX_QUANTITY: i64 = 10_000;
-pub const MAX_UNIT_PRICE_CENTS: i64 = 100_000_000;
-pub const MAX_SKU_CHARS: usize = 64;
-pub const MAX_REASON_CHARS: usize = 500;
+use contracts::rules;
+pub use contracts::rules::{
+    MAX_ITEMS, MAX_QUANTITY, MAX_REASON_CHARS, MAX_SKU_CHARS, MAX_UNIT_PRICE_CENTS, is_currency,
+};
 
 /// An order's status. It only moves forward: pending → invoiced → paid, and pending or
 /// invoiced → canceled (terminal).
@@ -167,19 +166,11 @@ fn uuid_field(value: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option
     parsed
 }
 
-/// `^[A-Z]{3}$`
-pub fn is_currency(s: &str) -> bool {
-    s.len() == 3 && s.bytes().all(|b| b.is_ascii_uppercase())
-}
-
 fn currency_field(value: &Value, path: &str, errors: &mut Vec<FieldError>) -> Option<String> {
     match value.as_str() {
         Some(s) if is_currency(s) => Some(s.to_owned()),
         _ => {
-            errors.push(FieldError::new(
-                path,
-                "must be three uppercase letters (ISO 4217), e.g. BRL",
-            ));
+            errors.push(FieldError::new(path, rules::CURRENCY_RULE));
             None
         }
     }
@@ -211,12 +202,6 @@ fn integer_field(
     }
 }
 
-fn is_sku(s: &str) -> bool {
-    (1..=MAX_SKU_CHARS).contains(&s.chars().count())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-}
-
 fn items_field(value: &Value, errors: &mut Vec<FieldError>) -> Option<Vec<LineItem>> {
     let Some(list) = value.as_array() else {
         errors.push(FieldError::new("items", "must be an array"));
@@ -244,14 +229,9 @@ fn items_field(value: &Value, errors: &mut Vec<FieldError>) -> Option<Vec<LineIt
         );
         let sku_path = format!("{prefix}sku");
         let sku = required(obj, "sku", &sku_path, errors).and_then(|v| match v.as_str() {
-            Some(s) if is_sku(s) => Some(s.to_owned()),
+            Some(s) if rules::is_sku(s) => Some(s.to_owned()),
             _ => {
-                errors.push(FieldError::new(
-                    &sku_path,
-                    format!(
-                        "must be 1 to {MAX_SKU_CHARS} characters of A-Z, a-z, 0-9, '.', '_' or '-'"
-                    ),
-                ));
+                errors.push(FieldError::new(&sku_path, rules::sku_rule()));
                 None
             }
         });

@@ -448,7 +448,10 @@ async fn apply_distinct(
     }
     let (event_ids, types): (Vec<Uuid>, Vec<&str>) = batch
         .iter()
-        .filter(|i| invoice_event(&i.event).is_some_and(|(order, _)| known.contains_key(&order)))
+        .filter(|i| {
+            invoice_event(&i.event).is_some_and(|(order, _)| known.contains_key(&order))
+                && i.event.contract_breach().is_none()
+        })
         .map(|i| (i.event.event_id(), i.event.routing_key()))
         .unzip();
     let first: HashSet<Uuid> = outbox::first_deliveries(&mut *tx, &event_ids, &types)
@@ -470,6 +473,10 @@ async fn apply_distinct(
             ));
             continue;
         };
+        if let Some(reason) = event.contract_breach() {
+            outcomes.push((Outcome::Invalid(reason), None));
+            continue;
+        }
         let Some(order) = known.get(&order_id) else {
             outcomes.push((
                 Outcome::Invalid(format!("event for unknown order {order_id}")),
@@ -513,20 +520,18 @@ async fn apply_invoice_event(
     tx: &mut PgConnection,
     event: &Event,
 ) -> Result<(Outcome, Option<OrderStatus>), StoreError> {
-    let (order_id, invoice_id) = match event {
-        Event::InvoiceIssued(e) => (e.order_id, e.invoice_id),
-        Event::InvoicePaid(e) => (e.order_id, e.invoice_id),
-        Event::InvoiceVoided(e) => (e.order_id, e.invoice_id),
-        other => {
-            return Ok((
-                Outcome::Invalid(format!(
-                    "{} does not belong on this queue",
-                    other.routing_key()
-                )),
-                None,
-            ));
-        }
+    let Some((order_id, invoice_id)) = invoice_event(event) else {
+        return Ok((
+            Outcome::Invalid(format!(
+                "{} does not belong on this queue",
+                event.routing_key()
+            )),
+            None,
+        ));
     };
+    if let Some(reason) = event.contract_breach() {
+        return Ok((Outcome::Invalid(reason), None));
+    }
     let Some(order) = lock_order(&mut *tx, order_id).await? else {
         return Ok((
             Outcome::Invalid(format!("event for unknown order {order_id}")),

@@ -31,7 +31,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -245,6 +246,10 @@ async fn subscribe(
     channel
         .basic_qos(args.prefetch, BasicQosOptions::default())
         .await?;
+    // Dead letters are republished (with their reason) on this channel, with confirms.
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let consumer = channel
         .basic_consume(
             args.input.queue.into(),
@@ -261,6 +266,8 @@ struct Item {
     event: Event,
     delivered: Delivered,
     delivery: Delivery,
+    /// The channel it came on, for republishing it as a dead letter.
+    channel: lapin::Channel,
     received: Instant,
 }
 
@@ -292,7 +299,7 @@ async fn run_stream(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    if let Some(item) = admit(&args, delivery).await {
+                    if let Some(item) = admit(&args, &channel, delivery).await {
                         let lane = lane_of(&item.event, senders.len());
                         // A lane only goes away by panicking, which the join below reports.
                         let _ = senders[lane].send(item);
@@ -369,7 +376,7 @@ pub fn decode_delivery(delivery: &Delivery) -> Result<Event, String> {
 
 /// Decodes a delivery inside a consumer span that continues the producer's trace; a poison
 /// message is dead-lettered here and goes no further.
-async fn admit(args: &ConsumerArgs, delivery: Delivery) -> Option<Item> {
+async fn admit(args: &ConsumerArgs, channel: &lapin::Channel, delivery: Delivery) -> Option<Item> {
     let received = Instant::now();
     let headers = delivery.properties.headers();
     let message_id = delivery
@@ -411,7 +418,7 @@ async fn admit(args: &ConsumerArgs, delivery: Delivery) -> Option<Item> {
                     "dead-lettering a message that cannot be decoded"
                 )
             });
-            dead_letter(args, &delivery, "undecodable").await;
+            dead_letter(args, channel, &delivery, "undecodable", &reason).await;
             return None;
         }
     };
@@ -427,6 +434,7 @@ async fn admit(args: &ConsumerArgs, delivery: Delivery) -> Option<Item> {
             span,
         },
         delivery,
+        channel: channel.clone(),
         received,
     })
 }
@@ -532,8 +540,16 @@ async fn handle_alone(args: &ConsumerArgs, mut items: Vec<Item>, stop: &watch::R
                 failures += 1;
                 tracing::warn!(queue = args.input.queue, reason, failures, "handler failed");
                 if failures >= args.max_attempts {
+                    let why = format!("failed {failures} times: {reason}");
                     for item in &back {
-                        dead_letter(args, &item.delivery, item.event.routing_key()).await;
+                        dead_letter(
+                            args,
+                            &item.channel,
+                            &item.delivery,
+                            item.event.routing_key(),
+                            &why,
+                        )
+                        .await;
                     }
                     return;
                 }
@@ -557,7 +573,7 @@ async fn settle(args: &ConsumerArgs, item: Item, outcome: Outcome) {
             item.delivered.span.in_scope(|| {
                 tracing::warn!(queue, event_type, reason, "dead-lettering an invalid event")
             });
-            dead_letter(args, &item.delivery, event_type).await;
+            dead_letter(args, &item.channel, &item.delivery, event_type, &reason).await;
             return;
         }
     };
@@ -630,18 +646,79 @@ async fn wait_or_stop(delay: Duration, mut stop: watch::Receiver<bool>) -> bool 
     }
 }
 
-async fn dead_letter(args: &ConsumerArgs, delivery: &Delivery, event_type: &str) {
-    // Reject without requeue: the queue's dead-letter exchange routes it to `<queue>.dlq`.
-    let _ = delivery
-        .acker
-        .nack(BasicNackOptions {
-            requeue: false,
-            ..Default::default()
-        })
-        .await;
+/// The longest header value copied onto a dead letter: the copy's header frame must fit
+/// the broker's frame limit, or the broker would close the connection.
+const MAX_DEAD_LETTER_HEADER: usize = 1024;
+
+/// Sets a message aside in `<queue>.dlq` with the reason in `x-dead-letter-reason` and its
+/// origin in `x-original-exchange` / `x-original-routing-key`: the copy is published to the
+/// queue's dead-letter exchange with confirms, then the original is acknowledged (a crash in
+/// between leaves a duplicate in the DLQ, never a loss). If the copy cannot be published,
+/// the original is rejected without requeue and the broker dead-letters it (without reason).
+async fn dead_letter(
+    args: &ConsumerArgs,
+    channel: &lapin::Channel,
+    delivery: &Delivery,
+    event_type: &str,
+    reason: &str,
+) {
+    let queue = args.input.queue;
+    let mut headers = FieldTable::default();
+    if let Some(original) = delivery.properties.headers() {
+        for (key, value) in original.inner() {
+            let small = match value {
+                AMQPValue::LongString(s) => s.as_bytes().len() <= MAX_DEAD_LETTER_HEADER,
+                AMQPValue::FieldTable(_) | AMQPValue::FieldArray(_) => false,
+                _ => true,
+            };
+            if small {
+                headers.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    let reason: String = reason.chars().take(MAX_DEAD_LETTER_HEADER).collect();
+    for (key, value) in [
+        (topology::DEAD_LETTER_REASON_HEADER, reason.as_str()),
+        (
+            topology::ORIGINAL_EXCHANGE_HEADER,
+            delivery.exchange.as_str(),
+        ),
+        (
+            topology::ORIGINAL_ROUTING_KEY_HEADER,
+            delivery.routing_key.as_str(),
+        ),
+    ] {
+        headers.insert(key.into(), AMQPValue::LongString(value.into()));
+    }
+    let properties = delivery.properties.clone().with_headers(headers);
+    let dlx = topology::dead_letter_exchange(queue);
+    let copied = async {
+        channel
+            .basic_publish(
+                dlx.as_str().into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &delivery.data,
+                properties,
+            )
+            .await?
+            .await
+    }
+    .await;
+    if matches!(copied, Ok(lapin::Confirmation::Ack(_))) {
+        let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+    } else {
+        let _ = delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: false,
+                ..Default::default()
+            })
+            .await;
+    }
     args.metrics
         .consumed
-        .with_label_values(&[args.input.queue, event_type, "dead_lettered"])
+        .with_label_values(&[queue, event_type, "dead_lettered"])
         .inc();
 }
 

@@ -497,3 +497,102 @@ async fn hostile_headers_on_a_valid_event_are_dropped_and_the_event_takes_effect
     );
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn events_that_break_the_contract_are_dead_lettered_with_the_reason_and_never_invoiced() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let (node, c) = spawn_invoices(&env, &[]).await;
+    type Breakage = Box<dyn Fn(&mut contracts::OrderCreated)>;
+    let breaking: Vec<(Breakage, &str)> = vec![
+        (Box::new(|e| e.total_cents += 1), "total_cents"),
+        (
+            Box::new(|e| {
+                e.items.clear();
+                e.total_cents = 0;
+            }),
+            "items",
+        ),
+        (
+            Box::new(|e| {
+                e.items[0].quantity = -3;
+                e.total_cents = -750;
+            }),
+            "items[0].quantity",
+        ),
+        (
+            Box::new(|e| {
+                e.items[0].unit_price_cents = -1;
+                e.total_cents = -3;
+            }),
+            "items[0].unit_price_cents",
+        ),
+        (
+            Box::new(|e| {
+                e.items[0].sku = "x".repeat(1_000_000);
+            }),
+            "items[0].sku",
+        ),
+        (Box::new(|e| e.total_cents = i64::MAX), "total_cents"),
+    ];
+    let mut bad_orders = Vec::new();
+    for (breakage, _) in &breaking {
+        let Event::OrderCreated(mut e) = order_created(Uuid::new_v4()) else {
+            unreachable!()
+        };
+        breakage(&mut e);
+        bad_orders.push(e.order_id);
+        amqp.publish_event(&Event::OrderCreated(e)).await;
+    }
+    let good = Uuid::new_v4();
+    amqp.publish_event(&order_created(good)).await;
+    eventually("the good one invoiced", Duration::from_secs(10), || async {
+        invoices_of(&c, good).await.pop()
+    })
+    .await;
+    let dlq = topology::dead_letter_queue(topology::INVOICES_NODE_QUEUE);
+    eventually(
+        "every breaking event dead-lettered",
+        Duration::from_secs(10),
+        || async { (amqp.ready_count(&dlq).await == breaking.len() as u32).then_some(()) },
+    )
+    .await;
+    let mut reasons = Vec::new();
+    for _ in 0..breaking.len() {
+        let m = amqp
+            .channel
+            .basic_get(
+                dlq.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+            .expect("a dead letter");
+        let h = m.properties.headers().as_ref().unwrap().inner();
+        let text = |k: &str| match h.get(k) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(
+            text(topology::ORIGINAL_EXCHANGE_HEADER),
+            topology::ORDERS_EXCHANGE
+        );
+        assert_eq!(text(topology::ORIGINAL_ROUTING_KEY_HEADER), "order.created");
+        reasons.push(text(topology::DEAD_LETTER_REASON_HEADER));
+    }
+    for (_, field) in &breaking {
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("breaks the contract") && r.contains(field)),
+            "no reason names {field}: {reasons:?}"
+        );
+    }
+    for id in bad_orders {
+        assert!(
+            invoices_of(&c, id).await.is_empty(),
+            "order {id} was invoiced"
+        );
+    }
+    node.shutdown().await;
+}
