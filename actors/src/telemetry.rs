@@ -122,6 +122,31 @@ impl Telemetry {
     }
 }
 
+/// One database client span per request (or delivery) of a batch, each below its own
+/// request's span, for work done for the whole batch at once: every order's trace still
+/// shows its `INSERT orders` (or `UPDATE orders`, `INSERT invoices`). Drop them when the
+/// batch's transaction ended.
+pub fn batch_spans<'a>(
+    name: &'static str,
+    operation: &'static str,
+    parents: impl ExactSizeIterator<Item = &'a tracing::Span>,
+) -> Vec<tracing::Span> {
+    let size = parents.len();
+    parents
+        .map(|parent| {
+            tracing::info_span!(
+                parent: parent,
+                "db",
+                otel.name = name,
+                otel.kind = "client",
+                db.system.name = "postgresql",
+                db.operation.name = operation,
+                db.operation.batch.size = size,
+            )
+        })
+        .collect()
+}
+
 /// The context a `traceparent`/`tracestate` pair describes (empty if absent or invalid).
 pub fn remote_context(
     traceparent: Option<&str>,

@@ -221,19 +221,11 @@ async fn issue_distinct(
     creates: &[&OrderCreated],
     terms: Duration,
 ) -> Result<Vec<(Outcome, Effect)>, StoreError> {
-    let spans: Vec<tracing::Span> = batch
-        .iter()
-        .map(|i| {
-            tracing::info_span!(
-                parent: &i.delivered.span,
-                "INSERT invoices",
-                otel.kind = "client",
-                db.system.name = "postgresql",
-                db.operation.name = "INSERT",
-                db.operation.batch.size = batch.len(),
-            )
-        })
-        .collect();
+    let spans = actors::telemetry::batch_spans(
+        "INSERT invoices",
+        "INSERT",
+        batch.iter().map(|i| &i.delivered.span),
+    );
     let mut order_ids: Vec<Uuid> = creates.iter().map(|e| e.order_id).collect();
     // One lock order for every batch, so two batches never wait on each other in a cycle.
     order_ids.sort();

@@ -142,19 +142,8 @@ async fn create_group(
     pool: &PgPool,
     requests: &[CreateRequest],
 ) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
-    let spans: Vec<tracing::Span> = requests
-        .iter()
-        .map(|r| {
-            tracing::info_span!(
-                parent: &r.span,
-                "INSERT orders",
-                otel.kind = "client",
-                db.system.name = "postgresql",
-                db.operation.name = "INSERT",
-                db.operation.batch.size = requests.len(),
-            )
-        })
-        .collect();
+    let spans =
+        actors::telemetry::batch_spans("INSERT orders", "INSERT", requests.iter().map(|r| &r.span));
     let mut tx = pool.begin().await?;
     let at = actors::db::now();
     let mut results: Vec<Option<Result<Created, StoreError>>> =
@@ -415,19 +404,11 @@ async fn apply_distinct(
     tx: &mut PgConnection,
     batch: &[Incoming],
 ) -> Result<Vec<(Outcome, Option<OrderStatus>)>, StoreError> {
-    let spans: Vec<tracing::Span> = batch
-        .iter()
-        .map(|i| {
-            tracing::info_span!(
-                parent: &i.delivered.span,
-                "UPDATE orders",
-                otel.kind = "client",
-                db.system.name = "postgresql",
-                db.operation.name = "UPDATE",
-                db.operation.batch.size = batch.len(),
-            )
-        })
-        .collect();
+    let spans = actors::telemetry::batch_spans(
+        "UPDATE orders",
+        "UPDATE",
+        batch.iter().map(|i| &i.delivered.span),
+    );
     let mut ids: Vec<Uuid> = batch
         .iter()
         .filter_map(|i| invoice_event(&i.event).map(|(order, _)| order))

@@ -366,14 +366,8 @@ async fn a_failing_event_in_a_batch_is_retried_alone_and_dead_lettered_and_its_b
     let orders: Vec<Uuid> = (0..20).map(|_| Uuid::new_v4()).collect();
     let poison = orders[11];
     // A real database failure for one event only.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.order_id = '{poison}' THEN RAISE EXCEPTION 'poison invoice'; END IF; RETURN NEW; END $$;
-         CREATE TRIGGER reject_poison BEFORE INSERT ON invoices FOR EACH ROW EXECUTE FUNCTION reject_poison();"
-    )))
-    .execute(&db)
-    .await
-    .unwrap();
+    env.reject_rows("invoices", "invoices", "order_id", &poison.to_string())
+        .await;
 
     // Hold the first order's lock, so the lane parks on it and the rest pile up behind.
     let mut holder = db.begin().await.unwrap();

@@ -142,6 +142,42 @@ impl TestEnv {
         admin.close().await;
     }
 
+    /// Waits until `n` sessions of `node`'s database wait on a lock: a request parked behind
+    /// a lock the test holds.
+    pub async fn wait_for_lock_waiters(&self, node: &str, n: i64) {
+        let db = self.database(node);
+        let admin = sqlx::PgPool::connect(PG_ADMIN_URL)
+            .await
+            .expect("admin connection");
+        eventually("sessions waiting on a lock", Duration::from_secs(10), || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+            )
+            .bind(&db)
+            .fetch_one(&admin)
+            .await
+            .ok()?;
+            (waiting == n).then_some(())
+        })
+        .await;
+        admin.close().await;
+    }
+
+    /// Makes every row inserted into `table` of `node`'s database whose `column` equals
+    /// `value` fail, with a trigger: a real database failure for that row only.
+    pub async fn reject_rows(&self, node: &str, table: &str, column: &str, value: &str) {
+        let db = self.pg(&self.database(node)).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE FUNCTION reject_{table}() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.{column}::text = '{value}' THEN RAISE EXCEPTION 'rejected by the test'; END IF; RETURN NEW; END $$;
+             CREATE TRIGGER reject_{table} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION reject_{table}();"
+        )))
+        .execute(&db)
+        .await
+        .expect("install the rejecting trigger");
+        db.close().await;
+    }
+
     /// A direct connection to one of this env's databases.
     pub async fn pg(&self, db: &str) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()

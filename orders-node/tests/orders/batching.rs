@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use testkit::{TestEnv, eventually};
+use testkit::TestEnv;
 
 use crate::{create_order, spawn_orders};
 
@@ -15,14 +15,8 @@ async fn a_failing_row_in_a_group_fails_alone_and_its_batchmates_commit_once() {
     let db = env.pg(&env.database("orders")).await;
     let poison = uuid::Uuid::new_v4();
     // A real database failure for one row only.
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.customer_id = '{poison}' THEN RAISE EXCEPTION 'poison row'; END IF; RETURN NEW; END $$;
-         CREATE TRIGGER reject_poison BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION reject_poison();"
-    )))
-    .execute(&db)
-    .await
-    .unwrap();
+    env.reject_rows("orders", "orders", "customer_id", &poison.to_string())
+        .await;
 
     // Park the only worker on a row lock, so the creates below pile up behind it.
     let blocker = create_order(&c).await["id"].as_str().unwrap().to_owned();
@@ -36,17 +30,7 @@ async fn a_failing_row_in_a_group_fails_alone_and_its_batchmates_commit_once() {
         let c = c.clone();
         tokio::spawn(async move { c.post_empty(&format!("/orders/{blocker}/cancel")).await })
     };
-    let admin = sqlx::PgPool::connect(testkit::PG_ADMIN_URL).await.unwrap();
-    eventually("the worker parked on the lock", Duration::from_secs(10), || async {
-        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'")
-            .bind(env.database("orders"))
-            .fetch_one(&admin)
-            .await
-            .ok()?;
-        (waiting == 1).then_some(())
-    })
-    .await;
-    admin.close().await;
+    env.wait_for_lock_waiters("orders", 1).await;
 
     let mut bodies: Vec<serde_json::Value> = (0..30).map(|_| testkit::order_body()).collect();
     bodies[17]["customer_id"] = serde_json::json!(poison.to_string());

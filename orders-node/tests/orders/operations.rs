@@ -174,17 +174,7 @@ async fn past_the_in_flight_limit_intake_answers_503_instead_of_queueing() {
         tokio::spawn(async move { c.post_empty(&format!("/orders/{id}/cancel")).await })
     };
     // Wait until the cancel is really in flight: blocked on the row lock.
-    let admin = sqlx::PgPool::connect(testkit::PG_ADMIN_URL).await.unwrap();
-    eventually("the cancel waiting on the row lock", Duration::from_secs(10), || async {
-        let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'")
-            .bind(env.database("orders"))
-            .fetch_one(&admin)
-            .await
-            .ok()?;
-        (waiting == 1).then_some(())
-    })
-    .await;
-    admin.close().await;
+    env.wait_for_lock_waiters("orders", 1).await;
     let refused = eventually(
         "a 503 while the permit is taken",
         Duration::from_secs(10),
