@@ -357,6 +357,12 @@ pub struct CommonConfig {
     pub reconnect_backoff_max: Duration,
     /// `HTTP_MAX_IN_FLIGHT` (default 512): beyond this, intake answers 503.
     pub http_max_in_flight: usize,
+    /// `HTTP_MAX_CONNECTIONS` (default 1024): connections served at once; more wait.
+    pub http_max_connections: usize,
+    /// `HTTP_HEADER_TIMEOUT` (default 10s): to send a request's head, and idle keep-alive.
+    pub http_header_timeout: Duration,
+    /// `HTTP_BODY_TIMEOUT` (default 10s): to send a request's body.
+    pub http_body_timeout: Duration,
     /// `REQUEST_TIMEOUT` (default 10s): an actor call that takes longer answers 503.
     pub request_timeout: Duration,
     /// `OUTBOX_POLL_INTERVAL` (default 1s) and `OUTBOX_BATCH_SIZE` (default 256).
@@ -401,6 +407,9 @@ pub struct CommonEnv {
     reconnect_backoff_min: Setting<Human>,
     reconnect_backoff_max: Setting<Human>,
     http_max_in_flight: Setting<usize>,
+    http_max_connections: Setting<usize>,
+    http_header_timeout: Setting<Human>,
+    http_body_timeout: Setting<Human>,
     request_timeout: Setting<Human>,
     outbox_poll_interval: Setting<Human>,
     outbox_batch_size: Setting<i64>,
@@ -480,6 +489,9 @@ impl CommonConfig {
             reconnect_backoff_min: backoff_min,
             reconnect_backoff_max: backoff_max,
             http_max_in_flight: env.http_max_in_flight.within(512, 1..=1_000_000)?,
+            http_max_connections: env.http_max_connections.within(1024, 1..=1_000_000)?,
+            http_header_timeout: env.http_header_timeout.duration(Duration::from_secs(10)),
+            http_body_timeout: env.http_body_timeout.duration(Duration::from_secs(10)),
             request_timeout: env.request_timeout.duration(Duration::from_secs(10)),
             outbox_poll_interval: env.outbox_poll_interval.duration(Duration::from_secs(1)),
             outbox_batch_size: env.outbox_batch_size.within(256, 1..=10_000)?,

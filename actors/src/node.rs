@@ -24,7 +24,7 @@ use contracts::topology::ConsumedQueue;
 
 use crate::amqp::{AmqpLink, BrokerState, Consumer, ConsumerArgs, EventHandler, LinkArgs, LinkMsg};
 use crate::config::CommonConfig;
-use crate::http::{HttpContext, HttpIntake, IntakeArgs, Routes};
+use crate::http::{ConnectionLimits, HttpContext, HttpIntake, IntakeArgs, Routes};
 use crate::metrics::Metrics;
 use crate::relay::{OutboxNotifier, OutboxRelay, RelayArgs, RelayMsg};
 use crate::supervision::{
@@ -196,11 +196,16 @@ pub async fn start(
         metrics: metrics.clone(),
         broker: broker_rx,
         in_flight: Semaphore::new(config.http_max_in_flight),
+        body_timeout: config.http_body_timeout,
         routes,
     });
     let intake_args = IntakeArgs {
-        listener: Arc::new(listener),
+        listener: Arc::new(std::sync::Mutex::new(Some(listener))),
         context,
+        limits: ConnectionLimits {
+            max_connections: config.http_max_connections,
+            header_timeout: config.http_header_timeout,
+        },
         shutdown_grace: config.shutdown_grace,
     };
 

@@ -21,7 +21,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -33,11 +33,25 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
 }
 
-/// Crates whose own spans would trace the exporter itself.
-fn is_exporter_internal(target: &str) -> bool {
-    ["opentelemetry", "tonic", "h2", "hyper", "reqwest", "tower"]
-        .iter()
-        .any(|p| target.starts_with(p))
+/// What the OpenTelemetry layer records: INFO and above, except the crates whose own spans
+/// would trace the exporter itself. A static filter (decided once per callsite): a dynamic
+/// per-layer filter was seen to disable a span now and then after an actor's panic.
+fn exported() -> Targets {
+    Targets::new().with_default(LevelFilter::INFO).with_targets(
+        [
+            "opentelemetry",
+            "opentelemetry_sdk",
+            "opentelemetry_otlp",
+            "opentelemetry_http",
+            "tonic",
+            "h2",
+            "hyper",
+            "hyper_util",
+            "reqwest",
+            "tower",
+        ]
+        .map(|t| (t, LevelFilter::OFF)),
+    )
 }
 
 fn exporter(
@@ -93,9 +107,7 @@ pub fn init(config: &CommonConfig) -> Result<Telemetry, String> {
     let otel = exporting.then(|| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(config.service_name.clone()))
-            .with_filter(filter_fn(|meta| {
-                *meta.level() <= tracing::Level::INFO && !is_exporter_internal(meta.target())
-            }))
+            .with_filter(exported())
     });
     let fmt = if config.log_json {
         tracing_subscriber::fmt::layer()

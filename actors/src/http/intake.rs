@@ -1,28 +1,31 @@
 //! The HTTP intake actor.
 //!
-//! Owns: the warp server on the node's listening socket. Takes: `ServerExited` from its own
-//! server task, which it turns into a failure so that its supervisor restarts it (the socket
-//! stays bound across restarts: the node keeps the listener, the actor serves a clone).
-//! Requests are served concurrently by warp; each becomes calls to the node's actors. A
-//! semaphore bounds the requests in flight: past it, 503 rather than an unbounded queue.
+//! Owns: the HTTP server on the node's listening socket (connections in [`super::connections`],
+//! routes as a warp filter). Takes: `ServerExited` from its own server task, which it turns
+//! into a failure so that its supervisor restarts it (the socket stays bound across
+//! restarts: the node keeps the listener, the actor serves a clone; only a shutdown closes
+//! it). Requests are served concurrently; each becomes calls to the node's actors. A
+//! semaphore bounds the requests in flight — taken only once the body is read, so slow
+//! senders cannot hold the slots — past it, 503 rather than an unbounded queue.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::TcpListener;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 use warp::Filter;
 use warp::http::{HeaderMap, HeaderValue, Method};
 use warp::reply::Response;
 
+use super::connections::{self, ConnectionLimits};
 use super::problem::Problem;
 use super::request::{HttpRequest, MAX_BODY_BYTES, request_id};
 use crate::amqp::BrokerState;
@@ -51,13 +54,19 @@ pub struct HttpContext {
     pub metrics: Metrics,
     pub broker: watch::Receiver<BrokerState>,
     pub in_flight: Semaphore,
+    /// `HTTP_BODY_TIMEOUT`: the longest a client may take to send a request's body.
+    pub body_timeout: Duration,
     pub routes: Arc<dyn Routes>,
 }
 
+/// The node's listening socket, kept across intake restarts and closed on shutdown.
+pub type SharedListener = Arc<Mutex<Option<TcpListener>>>;
+
 #[derive(Clone)]
 pub struct IntakeArgs {
-    pub listener: Arc<TcpListener>,
+    pub listener: SharedListener,
     pub context: Arc<HttpContext>,
+    pub limits: ConnectionLimits,
     pub shutdown_grace: Duration,
 }
 
@@ -68,9 +77,12 @@ pub enum IntakeMsg {
 pub struct HttpIntake;
 
 pub struct IntakeState {
-    shutdown: Option<oneshot::Sender<()>>,
+    listener: SharedListener,
+    stop: watch::Sender<bool>,
     server: Option<tokio::task::JoinHandle<()>>,
     grace: Duration,
+    /// The server stopped by itself: a restart will serve the same socket again.
+    failed: bool,
 }
 
 impl Actor for HttpIntake {
@@ -83,23 +95,28 @@ impl Actor for HttpIntake {
         myself: ActorRef<IntakeMsg>,
         args: IntakeArgs,
     ) -> Result<IntakeState, ActorProcessingErr> {
-        let std_listener = args.listener.try_clone()?;
+        let std_listener = args
+            .listener
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .ok_or("the listening socket is closed")?
+            .try_clone()?;
         std_listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
-        let server = warp::serve(filter(args.context.clone()))
-            .incoming(listener)
-            .graceful(async move {
-                let _ = shutdown_rx.await;
-            });
+        let (stop, stopped) = watch::channel(false);
+        let routes = warp::service(filter(args.context.clone()));
+        let limits = args.limits;
         let server = tokio::spawn(async move {
-            server.run().await;
+            connections::serve(listener, routes, limits, stopped).await;
             let _ = myself.cast(IntakeMsg::ServerExited);
         });
         Ok(IntakeState {
-            shutdown: Some(shutdown_tx),
+            listener: args.listener,
+            stop,
             server: Some(server),
             grace: args.shutdown_grace,
+            failed: false,
         })
     }
 
@@ -108,10 +125,18 @@ impl Actor for HttpIntake {
         _myself: ActorRef<IntakeMsg>,
         state: &mut IntakeState,
     ) -> Result<(), ActorProcessingErr> {
-        // Stop accepting; let requests in flight finish within the grace period.
-        if let Some(tx) = state.shutdown.take() {
-            let _ = tx.send(());
+        // Stop accepting and close the socket now (unless a restart is to serve it again),
+        // then let the requests already received finish within the grace period.
+        if !state.failed {
+            drop(
+                state
+                    .listener
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
         }
+        state.stop.send_replace(true);
         if let Some(server) = state.server.take()
             && tokio::time::timeout(state.grace, server).await.is_err()
         {
@@ -127,7 +152,8 @@ impl Actor for HttpIntake {
         state: &mut IntakeState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            IntakeMsg::ServerExited if state.shutdown.is_some() => {
+            IntakeMsg::ServerExited if !*state.stop.borrow() => {
+                state.failed = true;
                 Err("the HTTP server stopped unexpectedly".into())
             }
             IntakeMsg::ServerExited => Ok(()),
@@ -239,6 +265,23 @@ where
         if let Some(routed) = super::ops::route(&context, &method, &path).await {
             return routed;
         }
+        // The body first: a slow sender must not hold an in-flight slot while it trickles.
+        let body = match tokio::time::timeout(context.body_timeout, read_body(&headers, body)).await
+        {
+            Ok(Ok(body)) => body,
+            Ok(Err(problem)) => {
+                return Routed {
+                    route: "unmatched",
+                    response: problem.into_response(),
+                };
+            }
+            Err(_) => {
+                return Routed {
+                    route: "unmatched",
+                    response: Problem::request_timeout(context.body_timeout).into_response(),
+                };
+            }
+        };
         let Ok(_permit) = context.in_flight.try_acquire() else {
             return Routed {
                 route: "overloaded",
@@ -247,23 +290,15 @@ where
             };
         };
         metrics.http_in_flight.inc();
-        let routed = match read_body(&headers, body).await {
-            Ok(body) => {
-                let request = HttpRequest {
-                    method,
-                    path,
-                    query,
-                    headers,
-                    body,
-                    request_id: request_id.clone(),
-                };
-                context.routes.route(request).await
-            }
-            Err(problem) => Routed {
-                route: "unmatched",
-                response: problem.into_response(),
-            },
+        let request = HttpRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+            request_id: request_id.clone(),
         };
+        let routed = context.routes.route(request).await;
         metrics.http_in_flight.dec();
         routed
     }

@@ -75,6 +75,14 @@ impl Problem {
         p.allow = Some(allowed);
         p
     }
+    /// The client did not send its request (body) in time.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            format!("the request body must arrive within {limit:?}"),
+        )
+    }
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", detail)
     }

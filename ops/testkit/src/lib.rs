@@ -559,6 +559,11 @@ impl NodeProcess {
         self.child.wait().expect("reaped");
     }
 
+    /// The process id, e.g. to signal it while requests are in flight.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then the exit code within `within` (None if it did not exit in time).
     pub async fn sigterm(&mut self, within: Duration) -> Option<i32> {
         let status = Command::new("kill")
@@ -566,6 +571,11 @@ impl NodeProcess {
             .status()
             .expect("kill runs");
         assert!(status.success());
+        self.wait_exit(within).await
+    }
+
+    /// The exit code once the process exits within `within` (None if it did not).
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
         let deadline = tokio::time::Instant::now() + within;
         while tokio::time::Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().expect("try_wait") {

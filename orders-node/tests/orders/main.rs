@@ -6,6 +6,7 @@
 mod batching;
 mod cancel;
 mod events;
+mod hostile;
 mod idempotency;
 mod listing;
 mod operations;

@@ -1,0 +1,180 @@
+//! The HTTP server's connections: accepting, limits that hold whatever a client sends, and
+//! a graceful drain. warp gives the routes (as a service); this module owns the sockets,
+//! because `warp::serve` offers no timeouts, no connection cap, panics on some request
+//! lines, answers its own errors with empty bodies logged at ERROR, and keeps its listener
+//! open while it drains.
+//!
+//! - At most `max_connections` connections are served; past it, new ones wait in the
+//!   kernel's backlog instead of taking memory and tasks.
+//! - A client has `header_timeout` to send a request's head, counted from when the server
+//!   starts waiting for it: this closes slowloris clients, and idle keep-alive connections
+//!   after the same time (hyper 1 uses one timer for both).
+//! - A request target that is not a path (`CONNECT host:port`, `GET orders`), a URI over
+//!   8 KiB, more than 100 headers or over 16 KiB of them is answered with problem+json here,
+//!   before any route. Only what hyper itself cannot parse (a broken request line, a head
+//!   over its buffer) still gets hyper's bare status; those are logged at DEBUG, as client
+//!   mistakes are.
+//! - On shutdown the listener closes at once (new connections are refused, not left in a
+//!   backlog to be reset at exit), every request already received is answered, idle
+//!   keep-alive connections are closed, and in-flight responses carry `Connection: close`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tower_service::Service;
+use warp::http::Request;
+
+use super::problem::Problem;
+
+/// The longest request target (path and query) accepted.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most request headers accepted.
+pub const MAX_HEADERS: usize = 100;
+/// The most bytes of request headers (names and values) accepted.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// hyper parses a few more headers than we accept, so that "too many" gets our answer.
+const PARSED_HEADERS: usize = 2 * MAX_HEADERS;
+
+/// What a connection may take.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// `HTTP_MAX_CONNECTIONS`
+    pub max_connections: usize,
+    /// `HTTP_HEADER_TIMEOUT`
+    pub header_timeout: Duration,
+}
+
+/// Why a request is refused before it reaches the routes, as problem+json.
+pub fn refusal(request: &Request<Incoming>) -> Option<Problem> {
+    let uri = request.uri();
+    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or_default();
+    if !target.starts_with('/') {
+        return Some(Problem::bad_request(
+            "the request target must be a path, e.g. /orders",
+        ));
+    }
+    if target.len() > MAX_URI_BYTES {
+        return Some(Problem::new(
+            warp::http::StatusCode::URI_TOO_LONG,
+            "uri-too-long",
+            format!("the request target must not exceed {MAX_URI_BYTES} bytes"),
+        ));
+    }
+    let headers = request.headers();
+    let header_bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+        return Some(Problem::new(
+            warp::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers-too-large",
+            format!("at most {MAX_HEADERS} headers of at most {MAX_HEADER_BYTES} bytes in all"),
+        ));
+    }
+    None
+}
+
+/// Serves connections from `listener` with `routes` until `shutdown` turns true, then
+/// closes the listener and waits for the connections to drain.
+pub async fn serve<S>(
+    listener: TcpListener,
+    routes: S,
+    limits: ConnectionLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            _ = stopping(&mut shutdown) => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stopping(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let routes = routes.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            serve_connection(stream, routes, limits, shutdown).await;
+            drop(slot);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    // Stop accepting at once; the node drops its own copy of the socket too.
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+async fn serve_connection<S>(
+    stream: tokio::net::TcpStream,
+    routes: S,
+    limits: ConnectionLimits,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let mut routes = routes.clone();
+        async move {
+            match refusal(&request) {
+                Some(problem) => Ok::<_, Infallible>(problem.into_response()),
+                None => routes.call(request).await,
+            }
+        }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .max_headers(PARSED_HEADERS);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let outcome = tokio::select! {
+        outcome = connection.as_mut() => outcome,
+        _ = stopping(&mut shutdown) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = outcome {
+        // Timeouts, resets and unparsable requests are the client's doing.
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+/// Resolves once a shutdown was asked for (or the asking side is gone).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
