@@ -18,6 +18,8 @@ pub struct Metrics {
     pub http_in_flight: IntGauge,
     /// `outbox_pending_events`
     pub outbox_pending: IntGauge,
+    /// `outbox_parked_events_total`: events the broker refused, set aside in the outbox.
+    pub outbox_parked: prometheus::IntCounter,
     /// `outbox_oldest_pending_age_seconds`
     pub outbox_oldest_age: prometheus::Gauge,
     /// `outbox_publish_batch_seconds`
@@ -31,8 +33,8 @@ pub struct Metrics {
     pub consume_duration: HistogramVec,
     /// `actor_restarts_total{actor}`
     pub actor_restarts: IntCounterVec,
-    /// `amqp_connection_up` (1 connected, 0 not)
-    pub amqp_up: IntGauge,
+    /// `amqp_connection_up{link}` (1 connected, 0 not), link `publish` or `consume`
+    pub amqp_up: IntGaugeVec,
     /// `amqp_connects_total{outcome}`: outcome is ok or error.
     pub amqp_connects: IntCounterVec,
     /// `domain_events_total{entity,outcome}`: orders created/canceled/invoiced/paid,
@@ -79,7 +81,22 @@ impl Metrics {
             "outbox_pending_events",
             "Outbox rows not yet confirmed by the broker",
         );
-        let amqp_up = gauge("amqp_connection_up", "1 while the AMQP connection is open");
+        let amqp_up = IntGaugeVec::new(
+            Opts::new("amqp_connection_up", "1 while the AMQP connection is open"),
+            &["link"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(amqp_up.clone()))
+            .expect("metric registered once");
+        let outbox_parked = prometheus::IntCounter::new(
+            "outbox_parked_events_total",
+            "Events the broker refused, set aside in the outbox (parked_at)",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(outbox_parked.clone()))
+            .expect("metric registered once");
         let outbox_oldest_age = prometheus::Gauge::new(
             "outbox_oldest_pending_age_seconds",
             "Age of the oldest unpublished outbox row",
@@ -119,6 +136,7 @@ impl Metrics {
             ),
             http_in_flight,
             outbox_pending,
+            outbox_parked,
             outbox_oldest_age,
             outbox_batch,
             published: counter(
@@ -172,6 +190,9 @@ impl Metrics {
         }
         for outcome in ["ok", "error"] {
             let _ = self.amqp_connects.with_label_values(&[outcome]);
+        }
+        for link in ["publish", "consume"] {
+            let _ = self.amqp_up.with_label_values(&[link]);
         }
         for state in ["idle", "in_use"] {
             let _ = self.db_pool.with_label_values(&[state]);

@@ -3,9 +3,11 @@
 //! ```text
 //! <node> (root supervisor)
 //! ├── store        (nested supervisor of N store workers — the node's domain)
-//! ├── amqp-link    (connection, reconnects, topology)
-//! ├── outbox-relay (outbox → broker with publisher confirms)
-//! ├── consumer     (queue → handler → store workers → ack)
+//! ├── amqp-publish (the publishing connection: reconnects, topology)
+//! ├── amqp-consume (the consuming connection, separate so one side's failure — e.g. the
+//! │                 broker closing a publisher's connection — cannot take the other down)
+//! ├── outbox-relay (outbox → broker with publisher confirms, on amqp-publish)
+//! ├── consumer     (queue → handler → store workers → ack, on amqp-consume)
 //! └── http-intake  (warp server → store workers)
 //! ```
 //! Children start in that order and stop in reverse: intake stops taking requests first,
@@ -123,10 +125,12 @@ pub async fn start(
     let metrics = Metrics::new(spec.name);
     metrics.start_at_zero(spec.output.exchange, spec.output.routing_keys);
     let tree = ActorTree::default();
-    let link = ChildHandle::<LinkMsg>::default();
+    let publish_link = ChildHandle::<LinkMsg>::default();
+    let consume_link = ChildHandle::<LinkMsg>::default();
     let relay = ChildHandle::<RelayMsg>::default();
     let notifier = OutboxNotifier::new(relay.clone());
-    let (broker_tx, broker_rx) = watch::channel(BrokerState::Connecting);
+    let (publish_tx, publish_rx) = watch::channel(BrokerState::Connecting);
+    let (consume_tx, consume_rx) = watch::channel(BrokerState::Connecting);
     let resources = NodeResources {
         pool: pool.clone(),
         notifier: notifier.clone(),
@@ -153,18 +157,21 @@ pub async fn start(
     };
     let store = root_args.nested("store", store_workers);
 
-    let link_args = LinkArgs {
+    let link_args = |role: &'static str, state| LinkArgs {
         url: config.amqp_url.clone(),
-        app_id: spec.name.to_owned(),
+        app_id: format!("{} {role}", spec.name),
+        role,
         heartbeat: config.amqp_heartbeat,
         backoff_min: config.reconnect_backoff_min,
         backoff_max: config.reconnect_backoff_max,
-        state: broker_tx,
+        state,
         metrics: metrics.clone(),
     };
+    let publish_args = link_args("publish", publish_tx);
+    let consume_args = link_args("consume", consume_tx);
     let relay_args = RelayArgs {
         pool: pool.clone(),
-        link: link.clone(),
+        link: publish_link.clone(),
         notifier,
         app_id: spec.name.to_owned(),
         batch_size: config.outbox_batch_size,
@@ -178,7 +185,7 @@ pub async fn start(
     let consumer_args = ConsumerArgs {
         input: spec.input,
         consumer_tag: format!("{}-{}", spec.name, uuid::Uuid::now_v7()),
-        link: link.clone(),
+        link: consume_link.clone(),
         handler,
         prefetch: config.amqp_prefetch,
         lanes: config.consumer_lanes,
@@ -194,7 +201,7 @@ pub async fn start(
         pool: pool.clone(),
         tree: tree.clone(),
         metrics: metrics.clone(),
-        broker: broker_rx,
+        brokers: vec![publish_rx, consume_rx],
         in_flight: Semaphore::new(config.http_max_in_flight),
         body_timeout: config.http_body_timeout,
         routes,
@@ -211,7 +218,12 @@ pub async fn start(
 
     let children = vec![
         ChildSpec::supervisor("store", store),
-        ChildSpec::new("amqp-link", link, move || (AmqpLink, link_args.clone())),
+        ChildSpec::new("amqp-publish", publish_link, move || {
+            (AmqpLink, publish_args.clone())
+        }),
+        ChildSpec::new("amqp-consume", consume_link, move || {
+            (AmqpLink, consume_args.clone())
+        }),
         ChildSpec::new("outbox-relay", relay, move || {
             (OutboxRelay, relay_args.clone())
         }),

@@ -110,8 +110,6 @@ enum RelayError {
     Link(#[from] LinkError),
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
-    #[error("broker refused {0} message(s)")]
-    Nacked(usize),
 }
 
 #[derive(sqlx::FromRow)]
@@ -336,6 +334,7 @@ async fn publish_batch(pass: &Pass) -> Result<usize, RelayError> {
         "SELECT o.id, o.event_id, o.exchange, o.routing_key, o.payload, o.headers, o.created_at
            FROM outbox o
           WHERE o.published_at IS NULL
+            AND o.parked_at IS NULL
             AND NOT EXISTS (SELECT 1 FROM outbox e
                              WHERE e.aggregate_id = o.aggregate_id
                                AND e.published_at IS NULL AND e.id < o.id)
@@ -363,19 +362,38 @@ async fn publish_batch(pass: &Pass) -> Result<usize, RelayError> {
         .bind(&acked)
         .execute(&mut *tx)
         .await?;
+    if !refused.is_empty() {
+        // Set aside, not retried forever: a refused row must not hold back the rest.
+        let ids: Vec<i64> = refused.iter().map(|r| r.id).collect();
+        sqlx::query(
+            "UPDATE outbox SET parked_at = now(), parked_reason = 'refused by the broker (nack)'
+              WHERE id = ANY($1)",
+        )
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     pass.metrics
         .outbox_batch
         .observe(started.elapsed().as_secs_f64());
-    if refused > 0 {
-        return Err(RelayError::Nacked(refused));
+    for row in &refused {
+        tracing::warn!(
+            event_id = %row.event_id,
+            routing_key = row.routing_key,
+            "the broker refused an event; it is parked in the outbox (parked_at) and the rest goes on"
+        );
+        pass.metrics.outbox_parked.inc();
     }
     Ok(rows.len())
 }
 
 /// Publishes every row with confirms in flight together; returns the ids the broker
-/// acknowledged and how many it refused.
-async fn publish_rows(pass: &Pass, rows: &[PendingRow]) -> Result<(Vec<i64>, usize), RelayError> {
+/// acknowledged and the rows it refused.
+async fn publish_rows<'a>(
+    pass: &Pass,
+    rows: &'a [PendingRow],
+) -> Result<(Vec<i64>, Vec<&'a PendingRow>), RelayError> {
     let channel = &pass.channel;
     let mut confirms = Vec::with_capacity(rows.len());
     // Each producer span stays open until the broker confirmed its message.
@@ -399,7 +417,7 @@ async fn publish_rows(pass: &Pass, rows: &[PendingRow]) -> Result<(Vec<i64>, usi
     let confirmations = join_all(confirms).await;
     drop(spans);
     let mut acked = Vec::with_capacity(rows.len());
-    let mut refused = 0;
+    let mut refused = Vec::new();
     for (row, confirmation) in rows.iter().zip(confirmations) {
         match confirmation? {
             Confirmation::Ack(_) => {
@@ -409,7 +427,7 @@ async fn publish_rows(pass: &Pass, rows: &[PendingRow]) -> Result<(Vec<i64>, usi
                     .with_label_values(&[row.exchange.as_str(), row.routing_key.as_str()])
                     .inc();
             }
-            Confirmation::Nack(_) | Confirmation::NotRequested => refused += 1,
+            Confirmation::Nack(_) | Confirmation::NotRequested => refused.push(row),
         }
     }
     Ok((acked, refused))
@@ -418,7 +436,7 @@ async fn publish_rows(pass: &Pass, rows: &[PendingRow]) -> Result<(Vec<i64>, usi
 async fn update_backlog_metrics(state: &RelayState) {
     let stats: Result<(i64, Option<f64>), _> = sqlx::query_as(
         "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
-           FROM outbox WHERE published_at IS NULL",
+           FROM outbox WHERE published_at IS NULL AND parked_at IS NULL",
     )
     .fetch_one(&state.args.pool)
     .await;

@@ -11,7 +11,7 @@
 //! | [`config`] | environment variables |
 //!
 //! The actor tree (shared wiring in `actors::node`):
-//! `orders-node` → `store` (worker-0..N) · `amqp-link` · `outbox-relay` · `consumer` · `http-intake`.
+//! `orders-node` → `store` (worker-0..N) · `amqp-publish` · `amqp-consume` · `outbox-relay` · `consumer` · `http-intake`.
 
 pub mod config;
 pub mod domain;

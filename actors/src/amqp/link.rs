@@ -1,7 +1,8 @@
 //! The AMQP link actor.
 //!
-//! Owns: the one lapin connection of the node. Takes: [`LinkMsg::Channel`] requests (from the
-//! outbox relay and consumers), and its own `Connect`/`Lost` messages. It connects with
+//! Owns: one lapin connection of the node (a node has two: one to publish on, one to consume
+//! on). Takes: [`LinkMsg::Channel`] requests (from the outbox relay or the consumer), and its
+//! own `Connect`/`Lost` messages. It connects with
 //! exponential backoff, re-declares the topology on every connect, and notices a dead
 //! connection through heartbeats and lapin's error events. lapin's experimental
 //! auto-recovery is deliberately not used. Its state is published on a watch channel for
@@ -61,7 +62,10 @@ pub enum LinkMsg {
 #[derive(Clone)]
 pub struct LinkArgs {
     pub url: SecretUrl,
+    /// The connection's name as the broker shows it.
     pub app_id: String,
+    /// `publish` or `consume`: the `link` label of `amqp_connection_up`.
+    pub role: &'static str,
     pub heartbeat: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -85,6 +89,7 @@ impl LinkState {
         self.args
             .metrics
             .amqp_up
+            .with_label_values(&[self.args.role])
             .set(i64::from(state == BrokerState::Connected));
     }
 

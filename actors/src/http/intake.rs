@@ -52,7 +52,8 @@ pub struct HttpContext {
     pub pool: PgPool,
     pub tree: ActorTree,
     pub metrics: Metrics,
-    pub broker: watch::Receiver<BrokerState>,
+    /// The state of each broker connection (publishing, consuming).
+    pub brokers: Vec<watch::Receiver<BrokerState>>,
     pub in_flight: Semaphore,
     /// `HTTP_BODY_TIMEOUT`: the longest a client may take to send a request's body.
     pub body_timeout: Duration,

@@ -73,7 +73,17 @@ async fn readiness(context: &HttpContext) -> Response {
     let database = crate::db::ping(&context.pool).await;
     let not_running = context.tree.not_running();
     let actors = not_running.is_empty() && context.tree.all_running();
-    let broker: BrokerState = *context.broker.borrow();
+    // The broker is "connected" only when every connection of the node is.
+    let broker = context
+        .brokers
+        .iter()
+        .map(|rx| *rx.borrow())
+        .max_by_key(|state| match state {
+            BrokerState::Connected => 0,
+            BrokerState::Connecting => 1,
+            BrokerState::Disconnected => 2,
+        })
+        .unwrap_or(BrokerState::Disconnected);
     let ready = database && actors;
     let mut checks = json!({
         "database": if database { "up" } else { "down" },

@@ -184,3 +184,90 @@ async fn while_the_broker_is_away_events_wait_and_then_leave_in_the_order_writte
     node.shutdown().await;
     replica.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_event_the_broker_refuses_is_parked_and_the_rest_of_the_outbox_goes_on() {
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[]).await;
+    let amqp = env.amqp().await;
+    // A queue that refuses every order.canceled routed to it: the publisher gets a nack.
+    let mut args = lapin::types::FieldTable::default();
+    args.insert(
+        "x-max-length".into(),
+        lapin::types::AMQPValue::LongLongInt(0),
+    );
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    amqp.channel
+        .queue_declare("refuses-cancels".into(), Default::default(), args)
+        .await
+        .unwrap();
+    amqp.channel
+        .queue_bind(
+            "refuses-cancels".into(),
+            contracts::topology::ORDERS_EXCHANGE.into(),
+            "order.canceled".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let mut created = amqp
+        .watch(contracts::topology::ORDERS_EXCHANGE, "order.created")
+        .await;
+
+    let refused = create_order(&c).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        c.post_empty(&format!("/orders/{refused}/cancel"))
+            .await
+            .status,
+        200
+    );
+    eventually(
+        "the refused event parked",
+        Duration::from_secs(10),
+        || async {
+            (metric(
+                &c.get("/metrics").await.text,
+                "outbox_parked_events_total",
+                &[],
+            ) == Some(1.0))
+            .then_some(())
+        },
+    )
+    .await;
+    // Orders after it are published at once: the refusal holds nothing else back.
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        later.push(create_order(&c).await["id"].as_str().unwrap().to_owned());
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 6 {
+        let d = tokio::time::timeout(Duration::from_secs(5), created.recv())
+            .await
+            .expect("creates keep leaving")
+            .unwrap();
+        seen.push(
+            contracts::decode("order.created", &d.data)
+                .unwrap()
+                .order_id()
+                .to_string(),
+        );
+    }
+    for id in &later {
+        assert!(seen.contains(id), "{id} was held back");
+    }
+    let db = env.pg(&env.database("orders")).await;
+    let (parked, reason): (i64, Option<String>) = sqlx::query_as(
+        "SELECT count(*), max(parked_reason) FROM outbox WHERE parked_at IS NOT NULL AND routing_key = 'order.canceled'",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(parked, 1);
+    assert!(reason.unwrap().contains("refused"));
+    db.close().await;
+    node.shutdown().await;
+}

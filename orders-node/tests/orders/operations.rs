@@ -58,7 +58,13 @@ async fn health_ready_metrics_and_actors_describe_the_node() {
         ),
         Some(1.0)
     );
-    assert_eq!(m("amqp_connection_up", &[]), Some(1.0));
+    for link in ["publish", "consume"] {
+        assert_eq!(
+            m("amqp_connection_up", &[("link", link)]),
+            Some(1.0),
+            "{link}"
+        );
+    }
     assert!(
         m("outbox_pending_events", &[]).is_some(),
         "{}",
@@ -92,7 +98,8 @@ async fn health_ready_metrics_and_actors_describe_the_node() {
         .map(|a| a["name"].as_str().unwrap())
         .collect();
     for expected in [
-        "amqp-link",
+        "amqp-publish",
+        "amqp-consume",
         "consumer",
         "http-intake",
         "outbox-relay",
@@ -211,7 +218,8 @@ async fn every_known_series_exists_from_start_and_probes_stay_small() {
         "orders-node/store",
         "orders-node/store/worker-0",
         "orders-node/store/worker-11",
-        "orders-node/amqp-link",
+        "orders-node/amqp-publish",
+        "orders-node/amqp-consume",
         "orders-node/outbox-relay",
         "orders-node/consumer",
         "orders-node/http-intake",
@@ -272,7 +280,8 @@ async fn every_known_series_exists_from_start_and_probes_stay_small() {
         names(root),
         [
             "store",
-            "amqp-link",
+            "amqp-publish",
+            "amqp-consume",
             "outbox-relay",
             "consumer",
             "http-intake"
