@@ -363,6 +363,11 @@ pub struct CommonConfig {
     pub http_header_timeout: Duration,
     /// `HTTP_BODY_TIMEOUT` (default 10s): to send a request's body.
     pub http_body_timeout: Duration,
+    /// `HTTP_MAX_URI_BYTES` (8192), `HTTP_MAX_HEADERS` (100), `HTTP_MAX_HEADER_BYTES`
+    /// (16384): past them, 414 / 431.
+    pub http_max_uri_bytes: usize,
+    pub http_max_headers: usize,
+    pub http_max_header_bytes: usize,
     /// `REQUEST_TIMEOUT` (default 10s): an actor call that takes longer answers 503.
     pub request_timeout: Duration,
     /// `OUTBOX_POLL_INTERVAL` (default 1s) and `OUTBOX_BATCH_SIZE` (default 256).
@@ -410,6 +415,9 @@ pub struct CommonEnv {
     http_max_connections: Setting<usize>,
     http_header_timeout: Setting<Human>,
     http_body_timeout: Setting<Human>,
+    http_max_uri_bytes: Setting<usize>,
+    http_max_headers: Setting<usize>,
+    http_max_header_bytes: Setting<usize>,
     request_timeout: Setting<Human>,
     outbox_poll_interval: Setting<Human>,
     outbox_batch_size: Setting<i64>,
@@ -492,6 +500,11 @@ impl CommonConfig {
             http_max_connections: env.http_max_connections.within(1024, 1..=1_000_000)?,
             http_header_timeout: env.http_header_timeout.duration(Duration::from_secs(10)),
             http_body_timeout: env.http_body_timeout.duration(Duration::from_secs(10)),
+            http_max_uri_bytes: env.http_max_uri_bytes.within(8192, 256..=1024 * 1024)?,
+            http_max_headers: env.http_max_headers.within(100, 10..=10_000)?,
+            http_max_header_bytes: env
+                .http_max_header_bytes
+                .within(16 * 1024, 1024..=1024 * 1024)?,
             request_timeout: env.request_timeout.duration(Duration::from_secs(10)),
             outbox_poll_interval: env.outbox_poll_interval.duration(Duration::from_secs(1)),
             outbox_batch_size: env.outbox_batch_size.within(256, 1..=10_000)?,

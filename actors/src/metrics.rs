@@ -35,7 +35,7 @@ pub struct Metrics {
     pub actor_restarts: IntCounterVec,
     /// `amqp_connection_up{link}` (1 connected, 0 not), link `publish` or `consume`
     pub amqp_up: IntGaugeVec,
-    /// `amqp_connects_total{outcome}`: outcome is ok or error.
+    /// `amqp_connects_total{link,outcome}`: link `publish` or `consume`; outcome ok or error.
     pub amqp_connects: IntCounterVec,
     /// `domain_events_total{entity,outcome}`: orders created/canceled/invoiced/paid,
     /// invoices issued/paid/voided, idempotent replays.
@@ -168,7 +168,7 @@ impl Metrics {
                 &registry,
                 "amqp_connects_total",
                 "AMQP connection attempts",
-                &["outcome"],
+                &["link", "outcome"],
             ),
             domain: counter(
                 &registry,
@@ -188,11 +188,11 @@ impl Metrics {
         for key in routing_keys {
             let _ = self.published.with_label_values(&[exchange, key]);
         }
-        for outcome in ["ok", "error"] {
-            let _ = self.amqp_connects.with_label_values(&[outcome]);
-        }
         for link in ["publish", "consume"] {
             let _ = self.amqp_up.with_label_values(&[link]);
+            for outcome in ["ok", "error"] {
+                let _ = self.amqp_connects.with_label_values(&[link, outcome]);
+            }
         }
         for state in ["idle", "in_use"] {
             let _ = self.db_pool.with_label_values(&[state]);

@@ -212,6 +212,9 @@ pub async fn start(
         limits: ConnectionLimits {
             max_connections: config.http_max_connections,
             header_timeout: config.http_header_timeout,
+            max_uri_bytes: config.http_max_uri_bytes,
+            max_headers: config.http_max_headers,
+            max_header_bytes: config.http_max_header_bytes,
         },
         shutdown_grace: config.shutdown_grace,
     };

@@ -155,7 +155,7 @@ impl AmqpLink {
                     .args
                     .metrics
                     .amqp_connects
-                    .with_label_values(&["ok"])
+                    .with_label_values(&[state.args.role, "ok"])
                     .inc();
                 tracing::info!(broker = %state.args.url, generation, "connected to the broker; topology declared");
                 state.set(BrokerState::Connected);
@@ -166,7 +166,7 @@ impl AmqpLink {
                     .args
                     .metrics
                     .amqp_connects
-                    .with_label_values(&["error"])
+                    .with_label_values(&[state.args.role, "error"])
                     .inc();
                 let retry_in = state.backoff();
                 tracing::warn!(broker = %state.args.url, error = %e, ?retry_in, "cannot connect to the broker");

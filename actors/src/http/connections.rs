@@ -10,8 +10,8 @@
 //!   starts waiting for it: this closes slowloris clients, and idle keep-alive connections
 //!   after the same time (hyper 1 uses one timer for both).
 //! - A request target that is not a path (`CONNECT host:port`, `GET orders`), a URI over
-//!   8 KiB, more than 100 headers or over 16 KiB of them is answered with problem+json here,
-//!   before any route. Only what hyper itself cannot parse (a broken request line, a head
+//!   `HTTP_MAX_URI_BYTES`, more than `HTTP_MAX_HEADERS` headers or over
+//!   `HTTP_MAX_HEADER_BYTES` of them is answered with problem+json here, before any route. Only what hyper itself cannot parse (a broken request line, a head
 //!   over its buffer) still gets hyper's bare status; those are logged at DEBUG, as client
 //!   mistakes are.
 //! - On shutdown the listener closes at once (new connections are refused, not left in a
@@ -34,26 +34,31 @@ use warp::http::Request;
 
 use super::problem::Problem;
 
-/// The longest request target (path and query) accepted.
-pub const MAX_URI_BYTES: usize = 8 * 1024;
-/// The most request headers accepted.
-pub const MAX_HEADERS: usize = 100;
-/// The most bytes of request headers (names and values) accepted.
-pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// hyper parses a few more headers than we accept, so that "too many" gets our answer.
-const PARSED_HEADERS: usize = 2 * MAX_HEADERS;
+/// hyper's own head buffer; our limits must fit well inside it for our answers to be sent.
+const HYPER_HEAD_BUFFER: usize = 400 * 1024;
 
-/// What a connection may take.
+/// What a connection and a request head may take.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     /// `HTTP_MAX_CONNECTIONS`
     pub max_connections: usize,
     /// `HTTP_HEADER_TIMEOUT`
     pub header_timeout: Duration,
+    /// `HTTP_MAX_URI_BYTES`: the longest request target (path and query).
+    pub max_uri_bytes: usize,
+    /// `HTTP_MAX_HEADERS`: the most request headers.
+    pub max_headers: usize,
+    /// `HTTP_MAX_HEADER_BYTES`: the most bytes of request headers (names and values).
+    pub max_header_bytes: usize,
 }
 
 /// Why a request is refused before it reaches the routes, as problem+json.
-pub fn refusal(request: &Request<Incoming>) -> Option<Problem> {
+pub fn refusal(request: &Request<Incoming>, limits: &ConnectionLimits) -> Option<Problem> {
+    let (max_uri, max_headers, max_bytes) = (
+        limits.max_uri_bytes,
+        limits.max_headers,
+        limits.max_header_bytes,
+    );
     let uri = request.uri();
     let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or_default();
     if !target.starts_with('/') {
@@ -61,11 +66,11 @@ pub fn refusal(request: &Request<Incoming>) -> Option<Problem> {
             "the request target must be a path, e.g. /orders",
         ));
     }
-    if target.len() > MAX_URI_BYTES {
+    if target.len() > max_uri {
         return Some(Problem::new(
             warp::http::StatusCode::URI_TOO_LONG,
             "uri-too-long",
-            format!("the request target must not exceed {MAX_URI_BYTES} bytes"),
+            format!("the request target must not exceed {max_uri} bytes"),
         ));
     }
     let headers = request.headers();
@@ -73,11 +78,11 @@ pub fn refusal(request: &Request<Incoming>) -> Option<Problem> {
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len())
         .sum();
-    if headers.len() > MAX_HEADERS || header_bytes > MAX_HEADER_BYTES {
+    if headers.len() > max_headers || header_bytes > max_bytes {
         return Some(Problem::new(
             warp::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers-too-large",
-            format!("at most {MAX_HEADERS} headers of at most {MAX_HEADER_BYTES} bytes in all"),
+            format!("at most {max_headers} headers of at most {max_bytes} bytes in all"),
         ));
     }
     None
@@ -148,7 +153,7 @@ async fn serve_connection<S>(
     let service = service_fn(move |request: Request<Incoming>| {
         let mut routes = routes.clone();
         async move {
-            match refusal(&request) {
+            match refusal(&request, &limits) {
                 Some(problem) => Ok::<_, Infallible>(problem.into_response()),
                 None => routes.call(request).await,
             }
@@ -158,7 +163,10 @@ async fn serve_connection<S>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
-        .max_headers(PARSED_HEADERS);
+        // hyper parses more than we accept, so that "too many" or "too large" gets our
+        // problem+json rather than hyper's bare status.
+        .max_headers(2 * limits.max_headers)
+        .max_buf_size(HYPER_HEAD_BUFFER.max(2 * (limits.max_uri_bytes + limits.max_header_bytes)));
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let outcome = tokio::select! {

@@ -107,6 +107,25 @@ impl TestEnv {
         ]);
     }
 
+    /// The broker's ids of the client connections to this test's vhost.
+    pub fn broker_connections(&self) -> Vec<String> {
+        let out = Command::new("rabbitmqctl")
+            .args(["list_connections", "-q", "-p", &self.vhost, "pid"])
+            .output()
+            .expect("rabbitmqctl runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with('<'))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Closes one client connection of this test's vhost, by its broker id.
+    pub fn close_broker_connection(&self, id: &str) {
+        rabbitmqctl(&["close_connection", id, "test: one connection closed"]);
+    }
+
     pub async fn amqp(&self) -> Amqp {
         let conn = Connection::connect(&self.amqp_url(), ConnectionProperties::default())
             .await

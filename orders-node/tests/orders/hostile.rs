@@ -153,6 +153,36 @@ async fn odd_request_lines_and_oversized_heads_get_problem_json_not_a_panic() {
     create_order(&c).await;
     assert_eq!(c.get("/health/ready").await.status, 200);
     node.shutdown().await;
+
+    // The limits are the operator's to set.
+    let (node, _) = spawn_orders(
+        &env,
+        &[("HTTP_MAX_URI_BYTES", "256"), ("HTTP_MAX_HEADERS", "10")],
+    )
+    .await;
+    let mut s = send(
+        node.addr(),
+        &format!(
+            "GET /orders?x={} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            "a".repeat(300)
+        ),
+    )
+    .await;
+    assert_eq!(
+        status_of(&read_all(&mut s, Duration::from_secs(3)).await),
+        Some(414)
+    );
+    let eleven: String = (0..10).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let mut s = send(
+        node.addr(),
+        &format!("GET /orders HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{eleven}\r\n"),
+    )
+    .await;
+    assert_eq!(
+        status_of(&read_all(&mut s, Duration::from_secs(3)).await),
+        Some(431)
+    );
+    node.shutdown().await;
 }
 
 #[tokio::test]

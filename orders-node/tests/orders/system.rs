@@ -223,6 +223,47 @@ async fn closing_the_broker_connections_under_the_nodes_they_recover_by_themselv
 }
 
 #[tokio::test]
+async fn publishing_and_consuming_have_their_own_connections_so_one_failing_leaves_the_other() {
+    let env = TestEnv::new();
+    let (invoices, _) = spawn_invoices(&env).await;
+    invoices.shutdown().await;
+    let (orders, oc) = spawn_orders(&env, &[]).await;
+    let connections = eventually("two connections", Duration::from_secs(10), || async {
+        let c = env.broker_connections();
+        (c.len() == 2).then_some(c)
+    })
+    .await;
+    env.close_broker_connection(&connections[0]);
+    // Exactly one of the two links reconnects: the other never noticed.
+    let connects = |m: &str, link: &str| {
+        metric(
+            m,
+            "amqp_connects_total",
+            &[("link", link), ("outcome", "ok")],
+        )
+        .unwrap_or(0.0)
+    };
+    let (publish, consume) =
+        eventually("one link reconnected", Duration::from_secs(10), || async {
+            let m = oc.get("/metrics").await.text;
+            let (p, c) = (connects(&m, "publish"), connects(&m, "consume"));
+            let up = metric(&m, "amqp_connection_up", &[]).unwrap_or(0.0);
+            (p + c == 3.0 && up == 2.0).then_some((p, c))
+        })
+        .await;
+    assert!(
+        (publish, consume) == (2.0, 1.0) || (publish, consume) == (1.0, 2.0),
+        "{publish} {consume}"
+    );
+    // Both sides still work: an order's event is published and its invoice consumed.
+    let (invoices, _) = spawn_invoices(&env).await;
+    let order = create_order(&oc).await;
+    wait_status(&oc, order["id"].as_str().unwrap(), "invoiced").await;
+    orders.shutdown().await;
+    invoices.shutdown().await;
+}
+
+#[tokio::test]
 async fn orders_accepted_before_a_sigkill_are_all_invoiced_exactly_once() {
     let env = TestEnv::new();
     let port = free_port();
