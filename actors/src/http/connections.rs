@@ -52,6 +52,27 @@ pub struct ConnectionLimits {
     pub max_header_bytes: usize,
 }
 
+/// The node's routes as a service (what `warp::service` makes of its filter).
+pub trait RouteService:
+    Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible, Future: Send>
+    + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> RouteService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+            Future: Send,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// Why a request is refused before it reaches the routes, as problem+json.
 pub fn refusal(request: &Request<Incoming>, limits: &ConnectionLimits) -> Option<Problem> {
     let (max_uri, max_headers, max_bytes) = (
@@ -96,11 +117,7 @@ pub async fn serve<S>(
     limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: RouteService,
 {
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
@@ -144,11 +161,7 @@ async fn serve_connection<S>(
     limits: ConnectionLimits,
     mut shutdown: watch::Receiver<bool>,
 ) where
-    S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: RouteService,
 {
     let service = service_fn(move |request: Request<Incoming>| {
         let mut routes = routes.clone();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use testkit::TestEnv;
 
-use crate::{create_order, spawn_orders};
+use crate::{create_order, park_a_cancel, spawn_orders};
 
 #[tokio::test]
 async fn a_failing_row_in_a_group_fails_alone_and_its_batchmates_commit_once() {
@@ -20,17 +20,7 @@ async fn a_failing_row_in_a_group_fails_alone_and_its_batchmates_commit_once() {
 
     // Park the only worker on a row lock, so the creates below pile up behind it.
     let blocker = create_order(&c).await["id"].as_str().unwrap().to_owned();
-    let mut holder = db.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM orders WHERE id = $1::uuid FOR UPDATE")
-        .bind(&blocker)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let parked = {
-        let c = c.clone();
-        tokio::spawn(async move { c.post_empty(&format!("/orders/{blocker}/cancel")).await })
-    };
-    env.wait_for_lock_waiters("orders", 1).await;
+    let (holder, parked) = park_a_cancel(&env, &c, &db, &blocker).await;
 
     let mut bodies: Vec<serde_json::Value> = (0..30).map(|_| testkit::order_body()).collect();
     bodies[17]["customer_id"] = serde_json::json!(poison.to_string());

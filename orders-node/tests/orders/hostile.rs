@@ -9,7 +9,7 @@ use testkit::{Client, NodeProcess, TestEnv, eventually, free_port};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::{create_order, spawn_orders};
+use crate::{create_order, park_a_cancel, spawn_orders};
 
 /// Sends `head` (and nothing more) and returns the connection.
 async fn send(addr: SocketAddr, head: &str) -> TcpStream {
@@ -204,17 +204,7 @@ async fn sigterm_closes_the_listener_at_once_and_answers_every_request_already_r
 
     // Park the only store worker, so requests stay in flight across the signal.
     let db = env.pg(&env.database("orders")).await;
-    let mut holder = db.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM orders WHERE id = $1::uuid FOR UPDATE")
-        .bind(&blocker)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let cancel = {
-        let c = c.clone();
-        tokio::spawn(async move { c.post_empty(&format!("/orders/{blocker}/cancel")).await })
-    };
-    env.wait_for_lock_waiters("orders", 1).await;
+    let (holder, cancel) = park_a_cancel(&env, &c, &db, &blocker).await;
     let creates: Vec<_> = (0..20)
         .map(|_| {
             let c = c.clone();

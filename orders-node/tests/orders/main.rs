@@ -40,3 +40,30 @@ pub async fn create_order(client: &Client) -> serde_json::Value {
     assert_eq!(reply.status, 201, "{}", reply.text);
     reply.body
 }
+
+/// Holds `order_id`'s row lock and sends a cancel for it, returning once that cancel waits
+/// on the lock: the store worker serving it stays parked — and requests queue behind it —
+/// until the returned transaction is rolled back; the handle gives the cancel's answer.
+pub async fn park_a_cancel(
+    env: &TestEnv,
+    c: &Client,
+    db: &sqlx::PgPool,
+    order_id: &str,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    tokio::task::JoinHandle<testkit::Reply>,
+) {
+    let mut holder = db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1::uuid FOR UPDATE")
+        .bind(order_id)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let cancel = {
+        let c = c.clone();
+        let path = format!("/orders/{order_id}/cancel");
+        tokio::spawn(async move { c.post_empty(&path).await })
+    };
+    env.wait_for_lock_waiters("orders", 1).await;
+    (holder, cancel)
+}

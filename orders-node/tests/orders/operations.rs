@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use testkit::{TestEnv, eventually, metric};
 
-use crate::{create_order, spawn_orders};
+use crate::{create_order, park_a_cancel, spawn_orders};
 
 #[tokio::test]
 async fn health_ready_metrics_and_actors_describe_the_node() {
@@ -169,19 +169,7 @@ async fn past_the_in_flight_limit_intake_answers_503_instead_of_queueing() {
     let id = order["id"].as_str().unwrap().to_owned();
     // Hold the order's row lock so a cancel stays in flight, using the one permit.
     let pool = env.pg(&env.database("orders")).await;
-    let mut holder = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM orders WHERE id = $1::uuid FOR UPDATE")
-        .bind(&id)
-        .execute(&mut *holder)
-        .await
-        .unwrap();
-    let stuck = {
-        let c = c.clone();
-        let id = id.clone();
-        tokio::spawn(async move { c.post_empty(&format!("/orders/{id}/cancel")).await })
-    };
-    // Wait until the cancel is really in flight: blocked on the row lock.
-    env.wait_for_lock_waiters("orders", 1).await;
+    let (holder, stuck) = park_a_cancel(&env, &c, &pool, &id).await;
     let refused = eventually(
         "a 503 while the permit is taken",
         Duration::from_secs(10),
