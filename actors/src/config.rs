@@ -375,7 +375,8 @@ pub struct CommonConfig {
     pub outbox_batch_size: i64,
     /// `OUTBOX_CONCURRENCY` (default 4): relay passes in flight at once.
     pub outbox_concurrency: usize,
-    /// `OUTBOX_RETENTION` (default 7d): published rows are deleted after this.
+    /// `OUTBOX_RETENTION` (default 0s): how long published rows are kept for inspection.
+    /// 0 deletes a row as soon as the broker confirmed it, which keeps the outbox small.
     pub outbox_retention: Duration,
     /// `CONSUMER_MAX_ATTEMPTS` (default 5): a handler error (other than an outage) this many
     /// times dead-letters the message.
@@ -511,7 +512,7 @@ impl CommonConfig {
             outbox_concurrency: env.outbox_concurrency.within(4, 1..=64)?,
             outbox_retention: env
                 .outbox_retention
-                .duration(Duration::from_secs(7 * 24 * 3600)),
+                .duration(Duration::ZERO),
             consumer_max_attempts: env.consumer_max_attempts.within(5, 1..=1000)?,
             restart_policy: RestartPolicy {
                 max_restarts: env.restart_max.within(5, 1..=1000)?,

@@ -359,7 +359,12 @@ async fn a_failing_event_in_a_batch_is_retried_alone_and_dead_lettered_and_its_b
     // One lane, so every delivery below lands in one batch.
     let (node, c) = spawn_invoices(
         &env,
-        &[("CONSUMER_LANES", "1"), ("CONSUMER_BATCH_SIZE", "64")],
+        // Published rows are kept, so that the events written can be counted below.
+        &[
+            ("CONSUMER_LANES", "1"),
+            ("CONSUMER_BATCH_SIZE", "64"),
+            ("OUTBOX_RETENTION", "1h"),
+        ],
     )
     .await;
     let db = env.pg(&env.database("invoices")).await;

@@ -11,7 +11,16 @@ use crate::{create_order, park_a_cancel, spawn_orders};
 async fn a_failing_row_in_a_group_fails_alone_and_its_batchmates_commit_once() {
     let env = TestEnv::new();
     // One store worker taking up to 64 jobs: everything that waits goes into one group.
-    let (node, c) = spawn_orders(&env, &[("STORE_WORKERS", "1"), ("STORE_BATCH_SIZE", "64")]).await;
+    // Published rows are kept, so that the events written can be counted below.
+    let (node, c) = spawn_orders(
+        &env,
+        &[
+            ("STORE_WORKERS", "1"),
+            ("STORE_BATCH_SIZE", "64"),
+            ("OUTBOX_RETENTION", "1h"),
+        ],
+    )
+    .await;
     let db = env.pg(&env.database("orders")).await;
     let poison = uuid::Uuid::new_v4();
     // A real database failure for one row only.
