@@ -394,6 +394,9 @@ pub struct CommonConfig {
     /// `RUST_LOG` (default info) and `LOG_FORMAT` (`text` or `json`, default text)
     pub log_filter: String,
     pub log_json: bool,
+    /// `FAULT_INJECTION` (default off): `on` adds `POST /faults/panic/{actor}`, which makes
+    /// one of the node's actors panic — for resilience drills, never in production.
+    pub fault_injection: bool,
 }
 
 /// The variables both nodes read, as envy fills them in.
@@ -433,6 +436,25 @@ pub struct CommonEnv {
     otel_service_name: Setting<String>,
     rust_log: Setting<String>,
     log_format: Setting<LogFormat>,
+    fault_injection: Setting<Switch>,
+}
+
+/// An on/off variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+impl FromStr for Switch {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(Switch::On),
+            "off" => Ok(Switch::Off),
+            _ => Err("must be on or off"),
+        }
+    }
 }
 
 /// `LOG_FORMAT`
@@ -510,9 +532,7 @@ impl CommonConfig {
             outbox_poll_interval: env.outbox_poll_interval.duration(Duration::from_secs(1)),
             outbox_batch_size: env.outbox_batch_size.within(256, 1..=10_000)?,
             outbox_concurrency: env.outbox_concurrency.within(4, 1..=64)?,
-            outbox_retention: env
-                .outbox_retention
-                .duration(Duration::ZERO),
+            outbox_retention: env.outbox_retention.duration(Duration::ZERO),
             consumer_max_attempts: env.consumer_max_attempts.within(5, 1..=1000)?,
             restart_policy: RestartPolicy {
                 max_restarts: env.restart_max.within(5, 1..=1000)?,
@@ -528,6 +548,7 @@ impl CommonConfig {
             service_name: env.otel_service_name.or(service.to_owned()),
             log_filter: env.rust_log.or("info".to_owned()),
             log_json: env.log_format.or(LogFormat::Text) == LogFormat::Json,
+            fault_injection: env.fault_injection.or(Switch::Off) == Switch::On,
         })
     }
 }

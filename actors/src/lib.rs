@@ -10,6 +10,7 @@
 //! | [`http`] | the [`http::HttpIntake`] actor, requests, problem+json, `/health`, `/metrics`, `/actors` |
 //! | [`config`] | environment variables with defaults; one-line errors naming the variable |
 //! | [`db`] | create-if-missing, connect, migrate |
+//! | [`faults`] | fault injection for drills (`FAULT_INJECTION=on`): make a chosen actor panic |
 //! | [`metrics`] | the Prometheus registry of a node |
 //! | [`telemetry`] | the tracing subscriber |
 //! | [`node`] | running a built node until a signal, with a graceful shutdown |
@@ -18,6 +19,7 @@ pub mod amqp;
 pub mod backoff;
 pub mod config;
 pub mod db;
+pub mod faults;
 pub mod http;
 pub mod metrics;
 pub mod node;

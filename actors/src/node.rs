@@ -24,9 +24,12 @@ use tokio::sync::{Semaphore, watch};
 
 use contracts::topology::ConsumedQueue;
 
-use crate::amqp::{AmqpLink, BrokerState, Consumer, ConsumerArgs, EventHandler, LinkArgs, LinkMsg};
+use crate::amqp::{
+    AmqpLink, BrokerState, Consumer, ConsumerArgs, ConsumerMsg, EventHandler, LinkArgs, LinkMsg,
+};
 use crate::config::CommonConfig;
-use crate::http::{ConnectionLimits, HttpContext, HttpIntake, IntakeArgs, Routes};
+use crate::faults::{FaultInjector, Trigger};
+use crate::http::{ConnectionLimits, HttpContext, HttpIntake, IntakeArgs, IntakeMsg, Routes};
 use crate::metrics::Metrics;
 use crate::relay::{OutboxNotifier, OutboxRelay, RelayArgs, RelayMsg};
 use crate::supervision::{
@@ -70,6 +73,8 @@ pub struct StoreSizing {
 /// The node's domain: its store workers, its routes, and its consumer's handler.
 pub struct Domain {
     pub store_workers: Vec<ChildSpec>,
+    /// Makes one store worker panic (fault injection).
+    pub store_fault: Trigger,
     pub routes: Arc<dyn Routes>,
     pub handler: Arc<dyn EventHandler>,
 }
@@ -82,6 +87,28 @@ pub struct NodeSpec {
     /// it publishes.
     pub output: ConsumedQueue,
     pub migrator: Migrator,
+}
+
+/// The actors `POST /faults/panic/{actor}` can crash, by their names in the tree.
+fn fault_injector(
+    store: Trigger,
+    publish_link: &ChildHandle<LinkMsg>,
+    consume_link: &ChildHandle<LinkMsg>,
+    relay: &ChildHandle<RelayMsg>,
+    consumer: &ChildHandle<ConsumerMsg>,
+    intake: &ChildHandle<IntakeMsg>,
+) -> FaultInjector {
+    fn trigger<M: Send + 'static>(handle: &ChildHandle<M>, msg: fn() -> M) -> Trigger {
+        let handle = handle.clone();
+        Arc::new(move || handle.cast(msg()))
+    }
+    FaultInjector::default()
+        .with("store", store)
+        .with("amqp-publish", trigger(publish_link, || LinkMsg::Panic))
+        .with("amqp-consume", trigger(consume_link, || LinkMsg::Panic))
+        .with("outbox-relay", trigger(relay, || RelayMsg::Panic))
+        .with("consumer", trigger(consumer, || ConsumerMsg::Panic))
+        .with("http-intake", trigger(intake, || IntakeMsg::Panic))
 }
 
 /// A node whose tree is running and whose HTTP socket is bound.
@@ -144,9 +171,22 @@ pub async fn start(
     };
     let Domain {
         store_workers,
+        store_fault,
         routes,
         handler,
     } = domain(resources);
+    let consumer = ChildHandle::<ConsumerMsg>::default();
+    let intake = ChildHandle::<IntakeMsg>::default();
+    let faults = config.fault_injection.then(|| {
+        fault_injector(
+            store_fault,
+            &publish_link,
+            &consume_link,
+            &relay,
+            &consumer,
+            &intake,
+        )
+    });
 
     let root_args = SupervisorArgs {
         path: spec.name.to_owned(),
@@ -205,6 +245,7 @@ pub async fn start(
         in_flight: Semaphore::new(config.http_max_in_flight),
         body_timeout: config.http_body_timeout,
         routes,
+        faults: faults.map(Arc::new),
     });
     let intake_args = IntakeArgs {
         listener: Arc::new(std::sync::Mutex::new(Some(listener))),
@@ -230,10 +271,10 @@ pub async fn start(
         ChildSpec::new("outbox-relay", relay, move || {
             (OutboxRelay, relay_args.clone())
         }),
-        ChildSpec::new("consumer", ChildHandle::default(), move || {
+        ChildSpec::new("consumer", consumer, move || {
             (Consumer, consumer_args.clone())
         }),
-        ChildSpec::new("http-intake", ChildHandle::default(), move || {
+        ChildSpec::new("http-intake", intake, move || {
             (HttpIntake, intake_args.clone())
         }),
     ];

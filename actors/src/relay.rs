@@ -37,6 +37,8 @@ pub enum RelayMsg {
     Tick,
     /// A pass ended: how many rows it took, or why it failed.
     PassDone(Result<usize, String>),
+    /// Fault injection (`FAULT_INJECTION=on`): panic, as a bug would.
+    Panic,
 }
 
 /// Lets stores wake the relay after a commit without flooding its mailbox.
@@ -181,6 +183,7 @@ impl Actor for OutboxRelay {
         state: &mut RelayState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            RelayMsg::Panic => panic!("injected fault: outbox relay panic"),
             RelayMsg::Wake => {
                 state.args.notifier.pending.store(false, Ordering::Release);
                 state.dirty = true;

@@ -64,6 +64,10 @@ impl InvoicesNode {
             });
             Domain {
                 store_workers: pool_for_domain.child_specs(store, res.store.batch_size),
+                store_fault: {
+                    let workers = pool_for_domain.clone();
+                    Arc::new(move || workers.inject_panic())
+                },
                 routes: http::routes(pool_for_domain.clone(), res.request_timeout),
                 handler: events::handler(pool_for_domain.clone(), res.request_timeout),
             }

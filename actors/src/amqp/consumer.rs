@@ -122,6 +122,8 @@ pub enum ConsumerMsg {
         /// A lane panicked: the actor fails so that its supervisor restarts it.
         fatal: bool,
     },
+    /// Fault injection (`FAULT_INJECTION=on`): panic, as a bug would.
+    Panic,
 }
 
 pub struct Consumer;
@@ -189,6 +191,7 @@ impl Actor for Consumer {
     ) -> Result<(), ActorProcessingErr> {
         let queue = state.args.input.queue;
         match msg {
+            ConsumerMsg::Panic => panic!("injected fault: consumer of {queue} panic"),
             ConsumerMsg::Subscribe => match subscribe(&state.args).await {
                 Ok(stream) => {
                     state.generation += 1;

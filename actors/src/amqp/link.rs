@@ -57,6 +57,8 @@ pub enum LinkMsg {
     Lost { generation: u64, reason: String },
     /// A new channel on the current connection.
     Channel(RpcReplyPort<Result<Channel, LinkError>>),
+    /// Fault injection (`FAULT_INJECTION=on`): panic, as a bug would.
+    Panic,
 }
 
 #[derive(Clone)]
@@ -230,6 +232,7 @@ impl Actor for AmqpLink {
         state: &mut LinkState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
+            LinkMsg::Panic => panic!("injected fault: {} link panic", state.args.role),
             LinkMsg::Connect => self.connect(&myself, state).await,
             LinkMsg::Lost { generation, reason } => {
                 if generation == state.generation {

@@ -58,6 +58,8 @@ pub struct HttpContext {
     /// `HTTP_BODY_TIMEOUT`: the longest a client may take to send a request's body.
     pub body_timeout: Duration,
     pub routes: Arc<dyn Routes>,
+    /// `FAULT_INJECTION=on` only: the actors `POST /faults/panic/{actor}` can crash.
+    pub faults: Option<Arc<crate::faults::FaultInjector>>,
 }
 
 /// The node's listening socket, kept across intake restarts and closed on shutdown.
@@ -73,6 +75,8 @@ pub struct IntakeArgs {
 
 pub enum IntakeMsg {
     ServerExited,
+    /// Fault injection (`FAULT_INJECTION=on`): panic, as a bug would.
+    Panic,
 }
 
 pub struct HttpIntake;
@@ -158,6 +162,12 @@ impl Actor for HttpIntake {
                 Err("the HTTP server stopped unexpectedly".into())
             }
             IntakeMsg::ServerExited => Ok(()),
+            IntakeMsg::Panic => {
+                // The restart serves the same socket; this server lets its requests finish.
+                state.failed = true;
+                state.stop.send_replace(true);
+                panic!("injected fault: HTTP intake panic")
+            }
         }
     }
 }

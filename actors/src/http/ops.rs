@@ -7,9 +7,13 @@ use warp::reply::{Reply, Response};
 use super::intake::{HttpContext, Routed};
 use super::problem::{Problem, json_response};
 use crate::amqp::BrokerState;
+use crate::faults::{FaultInjector, Injected};
 
 /// Serves `path` when it is an operational route; `None` lets the node route it.
 pub async fn route(context: &HttpContext, method: &Method, path: &str) -> Option<Routed> {
+    if let (Some(faults), Some(actor)) = (&context.faults, path.strip_prefix("/faults/panic/")) {
+        return Some(inject_panic(faults, method, actor));
+    }
     let route: &'static str = match path {
         "/health" => "/health",
         "/health/ready" => "/health/ready",
@@ -40,6 +44,35 @@ pub async fn route(context: &HttpContext, method: &Method, path: &str) -> Option
         ),
     };
     Some(Routed { route, response })
+}
+
+/// `POST /faults/panic/{actor}`, only with `FAULT_INJECTION=on`.
+fn inject_panic(faults: &FaultInjector, method: &Method, actor: &str) -> Routed {
+    let route = "/faults/panic/{actor}";
+    if method != Method::POST {
+        return Routed {
+            route,
+            response: Problem::method_not_allowed("POST").into_response(),
+        };
+    }
+    let response = match faults.panic(actor) {
+        Injected::Panicked => {
+            tracing::warn!(actor, "fault injection: making an actor panic");
+            json_response(
+                StatusCode::ACCEPTED,
+                &json!({ "actor": actor, "injected": "panic" }),
+            )
+        }
+        Injected::NotRunning => {
+            Problem::conflict(format!("{actor} is not running (restarting?)")).into_response()
+        }
+        Injected::UnknownActor => Problem::not_found(format!(
+            "no such actor; one of: {}",
+            faults.actors().join(", ")
+        ))
+        .into_response(),
+    };
+    Routed { route, response }
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response {

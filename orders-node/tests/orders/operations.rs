@@ -315,3 +315,90 @@ async fn a_crashed_actor_is_listed_by_readiness_while_it_is_down() {
     .await;
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_fault_injection_route_exists_only_when_switched_on() {
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[]).await;
+    c.post_empty("/faults/panic/consumer").await.problem(404);
+    node.shutdown().await;
+}
+
+/// Sum of the restarts of `name` and everything under it in `/actors`.
+fn restarts_in_tree(actors: &serde_json::Value, name: &str) -> Option<u64> {
+    fn total(a: &serde_json::Value) -> u64 {
+        a["restarts"].as_u64().unwrap_or(0)
+            + a["children"]
+                .as_array()
+                .map_or(0, |c| c.iter().map(total).sum())
+    }
+    actors.as_array()?.iter().find_map(|a| {
+        if a["name"] == name {
+            Some(total(a))
+        } else {
+            restarts_in_tree(&a["children"], name)
+        }
+    })
+}
+
+#[tokio::test]
+async fn every_actor_a_drill_can_crash_is_restarted_and_the_node_keeps_serving() {
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[("FAULT_INJECTION", "on")]).await;
+    let unknown = c.post_empty("/faults/panic/nobody").await;
+    assert!(
+        unknown.problem(404)["detail"]
+            .as_str()
+            .unwrap()
+            .contains("outbox-relay")
+    );
+    assert_eq!(c.get("/faults/panic/consumer").await.status, 405);
+    for actor in [
+        "store",
+        "amqp-publish",
+        "amqp-consume",
+        "outbox-relay",
+        "consumer",
+        "http-intake",
+    ] {
+        let reply = c.post_empty(&format!("/faults/panic/{actor}")).await;
+        assert_eq!(reply.status, 202, "{actor}: {}", reply.text);
+        // A crashed intake closes its kept-alive connections: ask on new ones.
+        let c = testkit::Client::new(node.addr());
+        let path = format!("orders-node/{actor}");
+        eventually(
+            &format!("{actor} restarted, in /actors and in actor_restarts_total"),
+            Duration::from_secs(15),
+            || async {
+                let tree = c.get("/actors").await.body;
+                let metrics = c.get("/metrics").await.text;
+                let counted: f64 = metrics
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with(&format!("actor_restarts_total{{actor=\"{path}"))
+                            && !l.ends_with(" 0")
+                    })
+                    .count() as f64;
+                (restarts_in_tree(&tree["actors"], actor) == Some(1) && counted >= 1.0)
+                    .then_some(())
+            },
+        )
+        .await;
+        eventually(
+            &format!("ready after {actor} restarted"),
+            Duration::from_secs(15),
+            || async { (c.get("/health/ready").await.status == 200).then_some(()) },
+        )
+        .await;
+        // Still taking orders, and still publishing them.
+        create_order(&c).await;
+    }
+    let c = testkit::Client::new(node.addr());
+    c.wait_broker_connected().await;
+    eventually("every order published", Duration::from_secs(15), || async {
+        (metric(&c.get("/metrics").await.text, "outbox_pending_events", &[]) == Some(0.0))
+            .then_some(())
+    })
+    .await;
+    node.shutdown().await;
+}
