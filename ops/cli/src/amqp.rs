@@ -1,0 +1,121 @@
+//! The broker side of the tool: a confirm-mode connection, counting a queue, and browsing a
+//! queue without consuming it.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use crate::OpsError;
+
+/// One connection with a publishing channel in confirm mode.
+pub struct Broker {
+    connection: Connection,
+    pub channel: Channel,
+}
+
+impl Broker {
+    pub async fn connect(url: &str) -> Result<Self, OpsError> {
+        let props = ConnectionProperties::default().with_connection_name("ops".into());
+        let connection = Connection::connect(url, props).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            connection,
+            channel,
+        })
+    }
+
+    /// Messages in `queue` that no consumer holds (passive declare: fails if it is missing).
+    pub async fn ready_count(&self, queue: &str) -> Result<u32, OpsError> {
+        // A failed passive declare closes the channel it ran on: use a throwaway one.
+        let channel = self.connection.create_channel().await?;
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let _ = channel.close(200, "counted".into()).await;
+        Ok(q.message_count())
+    }
+
+    /// Publishes and waits for the broker's confirm; `false` if the broker refused it.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<bool, OpsError> {
+        let confirm = self
+            .channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await?;
+        Ok(matches!(confirm, Confirmation::Ack(_)))
+    }
+
+    /// Takes up to `limit` messages of `queue` without acknowledging them: each stays in the
+    /// queue unless the caller settles it, and whatever is not settled goes back when the
+    /// browse is released (or the process dies).
+    pub async fn browse(&self, queue: &str, limit: u16) -> Result<Browse, OpsError> {
+        let expected = self.ready_count(queue).await?.min(u32::from(limit));
+        let channel = self.connection.create_channel().await?;
+        channel.basic_qos(limit, BasicQosOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(
+                queue.into(),
+                "ops-browse".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let mut messages = Vec::new();
+        // Stop at the count seen before, or when nothing more arrives for a while.
+        while messages.len() < expected as usize {
+            match tokio::time::timeout(Duration::from_secs(2), consumer.next()).await {
+                Ok(Some(delivery)) => messages.push(delivery?),
+                _ => break,
+            }
+        }
+        Ok(Browse { channel, messages })
+    }
+
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
+        let _ = self.connection.close(200, "done".into()).await;
+    }
+}
+
+/// Messages held by a browse: settle some, release the rest.
+pub struct Browse {
+    channel: Channel,
+    pub messages: Vec<Delivery>,
+}
+
+impl Browse {
+    /// Returns every unsettled message to its queue.
+    pub async fn release(self) {
+        // Closing the channel requeues what it holds, in order.
+        let _ = self.channel.close(200, "browsed".into()).await;
+    }
+}
