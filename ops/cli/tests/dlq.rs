@@ -81,12 +81,17 @@ async fn dead_letters_are_listed_shown_replayed_to_their_origin_and_purged() {
         created_at: chrono::Utc::now(),
     });
     amqp.publish_event(&event).await;
-    let got = amqp
-        .channel
-        .basic_get(queue.into(), BasicGetOptions::default())
-        .await
-        .expect("get")
-        .expect("the event is in the queue");
+    let got = testkit::eventually(
+        "the event in its queue",
+        std::time::Duration::from_secs(10),
+        || async {
+            amqp.channel
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .expect("get")
+        },
+    )
+    .await;
     got.delivery
         .acker
         .nack(BasicNackOptions {

@@ -107,17 +107,28 @@ impl TestEnv {
         ]);
     }
 
-    /// The broker's ids of the client connections to this test's vhost.
-    pub fn broker_connections(&self) -> Vec<String> {
+    /// The broker's ids of the running connections to this test's vhost whose client name
+    /// (a node names its connections `<node> publish` and `<node> consume`) contains
+    /// `client`: a node shut down just before may still be listed while its connections
+    /// close.
+    pub fn broker_connections(&self, client: &str) -> Vec<String> {
         let out = Command::new("rabbitmqctl")
-            .args(["list_connections", "-q", "-p", &self.vhost, "pid"])
+            .args([
+                "list_connections",
+                "-q",
+                "-p",
+                &self.vhost,
+                "pid",
+                "state",
+                "client_properties",
+            ])
             .output()
             .expect("rabbitmqctl runs");
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::trim)
-            .filter(|l| l.starts_with('<'))
-            .map(str::to_owned)
+            .filter(|l| l.starts_with('<') && l.contains("running") && l.contains(client))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
             .collect()
     }
 

@@ -229,7 +229,7 @@ async fn publishing_and_consuming_have_their_own_connections_so_one_failing_leav
     invoices.shutdown().await;
     let (orders, oc) = spawn_orders(&env, &[]).await;
     let connections = eventually("two connections", Duration::from_secs(10), || async {
-        let c = env.broker_connections();
+        let c = env.broker_connections("orders-node");
         (c.len() == 2).then_some(c)
     })
     .await;
