@@ -189,6 +189,7 @@ impl Injector<'_> {
         };
         if let Err(e) = outcome {
             fault.problems.push(format!("could not inject: {e}"));
+            fault.recovery = self.since(Instant::now()).await;
         }
         if fault.recovery.is_none() {
             fault.problems.push(format!(
@@ -348,12 +349,13 @@ impl Injector<'_> {
         let db = database_of(url);
         fault.target = format!("database {db} of {}", node.name());
         fault.database_away = true;
-        // An admin session opened before the database refuses new ones.
+        // An admin session on another database (one cannot refuse connections to the
+        // database it is connected to), opened before this one refuses new sessions.
         let admin_url = self
             .system
             .scratch
             .as_ref()
-            .map_or(url.clone(), |s| s.admin_db.clone());
+            .map_or_else(|| with_database(url, "postgres"), |s| s.admin_db.clone());
         let mut admin = PgConnection::connect(&admin_url).await?;
         let from = Instant::now();
         let allow = |on: bool| {
@@ -516,6 +518,18 @@ pub fn vhost_of(url: &str) -> String {
     }
 }
 
+/// The same PostgreSQL URL (host, role, options) on another database.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
 /// The database name of a PostgreSQL URL.
 pub fn database_of(url: &str) -> String {
     url.rsplit('/')
@@ -539,6 +553,18 @@ mod tests {
         assert_eq!(
             database_of("postgres://p@h:5432/orders?sslmode=disable"),
             "orders"
+        );
+    }
+
+    #[test]
+    fn another_database_on_the_same_server() {
+        assert_eq!(
+            with_database("postgres://p@h:5432/orders?sslmode=disable", "postgres"),
+            "postgres://p@h:5432/postgres?sslmode=disable"
+        );
+        assert_eq!(
+            with_database("postgres://p@h/orders", "postgres"),
+            "postgres://p@h/postgres"
         );
     }
 

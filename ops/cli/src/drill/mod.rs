@@ -89,16 +89,21 @@ fn plan(
     duration: Duration,
     rng: &mut rng::Rng,
 ) -> Vec<(Duration, FaultKind)> {
-    let mut order: Vec<FaultKind> = kinds.to_vec();
-    for i in (1..order.len()).rev() {
-        order.swap(i, rng.below(i + 1));
+    // Every kind once per round, in a fresh seeded order each round.
+    let mut order: Vec<FaultKind> = Vec::with_capacity(count);
+    while order.len() < count {
+        let mut round = kinds.to_vec();
+        for i in (1..round.len()).rev() {
+            round.swap(i, rng.below(i + 1));
+        }
+        order.extend(round);
     }
     let (first, last) = (duration.as_secs_f64() * 0.1, duration.as_secs_f64() * 0.8);
     let step = (last - first) / count.max(1) as f64;
     (0..count)
         .map(|i| {
             let at = first + step * (i as f64 + rng.unit() * 0.5);
-            (Duration::from_secs_f64(at), order[i % order.len()])
+            (Duration::from_secs_f64(at), order[i])
         })
         .collect()
 }
