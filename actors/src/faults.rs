@@ -8,6 +8,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// The actors of every node a drill may crash, by their names in the tree.
+pub const ACTORS: [&str; 6] = [
+    "store",
+    "amqp-publish",
+    "amqp-consume",
+    "outbox-relay",
+    "consumer",
+    "http-intake",
+];
+
 /// Makes one actor panic; `false` when it is not running (restarting, or stopped).
 pub type Trigger = Arc<dyn Fn() -> bool + Send + Sync>;
 

@@ -30,6 +30,14 @@ fn ops(args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().expect("ops exits")
 }
 
+/// `ops dlq <args…> --amqp-url <url> --queue <queue>`.
+fn ops_dlq(url: &str, queue: &str, args: &[&str], stdin: &str) -> Output {
+    let mut all = vec!["dlq"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--amqp-url", url, "--queue", queue]);
+    ops(&all, stdin)
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -39,18 +47,8 @@ fn text(out: &Output) -> String {
 }
 
 fn list(url: &str) -> Vec<Value> {
-    let out = ops(
-        &[
-            "dlq",
-            "list",
-            "--json",
-            "--amqp-url",
-            url,
-            "--queue",
-            topology::INVOICES_NODE_QUEUE,
-        ],
-        "",
-    );
+    // The consumed queue's name stands for its DLQ.
+    let out = ops_dlq(url, topology::INVOICES_NODE_QUEUE, &["list", "--json"], "");
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("a JSON array")
 }
@@ -162,68 +160,19 @@ async fn dead_letters_are_listed_shown_replayed_to_their_origin_and_purged() {
     assert_eq!(list(&url).len(), 2, "listing consumed nothing");
 
     // show: one in full.
-    let out = ops(
-        &[
-            "dlq",
-            "show",
-            "--amqp-url",
-            &url,
-            "--queue",
-            &dlq,
-            "--id",
-            &id,
-        ],
-        "",
-    );
+    let out = ops_dlq(&url, &dlq, &["show", "--id", &id], "");
     assert!(out.status.success(), "{}", text(&out));
     let shown: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(shown["event"]["Ok"]["event_id"], id.as_str());
-    let out = ops(
-        &[
-            "dlq",
-            "show",
-            "--amqp-url",
-            &url,
-            "--queue",
-            &dlq,
-            "--id",
-            "nope",
-        ],
-        "",
-    );
+    let out = ops_dlq(&url, &dlq, &["show", "--id", "nope"], "");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
     // replay --dry-run changes nothing; replay puts the event back on its queue, same id.
-    let out = ops(
-        &[
-            "dlq",
-            "replay",
-            "--amqp-url",
-            &url,
-            "--queue",
-            &dlq,
-            "--id",
-            &id,
-            "--dry-run",
-        ],
-        "",
-    );
+    let out = ops_dlq(&url, &dlq, &["replay", "--id", &id, "--dry-run"], "");
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("would"), "{}", text(&out));
     assert_eq!(amqp.ready_count(&dlq).await, 2);
-    let out = ops(
-        &[
-            "dlq",
-            "replay",
-            "--amqp-url",
-            &url,
-            "--queue",
-            &dlq,
-            "--id",
-            &id,
-        ],
-        "",
-    );
+    let out = ops_dlq(&url, &dlq, &["replay", "--id", &id], "");
     assert!(out.status.success(), "{}", text(&out));
     testkit::eventually(
         "the event back on its queue",
@@ -260,16 +209,10 @@ async fn dead_letters_are_listed_shown_replayed_to_their_origin_and_purged() {
     );
 
     // purge: asks first; --yes does not.
-    let out = ops(
-        &["dlq", "purge", "--amqp-url", &url, "--queue", &dlq],
-        "no\n",
-    );
+    let out = ops_dlq(&url, &dlq, &["purge"], "no\n");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert_eq!(amqp.ready_count(&dlq).await, 1);
-    let out = ops(
-        &["dlq", "purge", "--amqp-url", &url, "--queue", &dlq, "--yes"],
-        "",
-    );
+    let out = ops_dlq(&url, &dlq, &["purge", "--yes"], "");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(amqp.ready_count(&dlq).await, 0);
 }

@@ -353,14 +353,7 @@ async fn every_actor_a_drill_can_crash_is_restarted_and_the_node_keeps_serving()
             .contains("outbox-relay")
     );
     assert_eq!(c.get("/faults/panic/consumer").await.status, 405);
-    for actor in [
-        "store",
-        "amqp-publish",
-        "amqp-consume",
-        "outbox-relay",
-        "consumer",
-        "http-intake",
-    ] {
+    for actor in actors::faults::ACTORS {
         let reply = c.post_empty(&format!("/faults/panic/{actor}")).await;
         assert_eq!(reply.status, 202, "{actor}: {}", reply.text);
         // A crashed intake closes its kept-alive connections: ask on new ones.

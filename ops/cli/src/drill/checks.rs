@@ -31,6 +31,16 @@ pub struct Findings {
 }
 
 impl Findings {
+    /// Holds when nothing went wrong: `fine` says what was seen, else the problems do.
+    fn unless(&mut self, name: &'static str, problems: &[String], fine: impl Into<String>) {
+        let detail = match problems {
+            [] => fine.into(),
+            [one] => one.clone(),
+            [first, rest @ ..] => format!("{} problems, e.g. {first}", rest.len() + 1),
+        };
+        self.set(name, problems.is_empty(), detail);
+    }
+
     fn set(&mut self, name: &'static str, held: bool, detail: impl Into<String>) {
         self.invariants.insert(
             name,
@@ -196,14 +206,10 @@ pub async fn check(
             ));
         }
     }
-    f.set(
+    f.unless(
         "states_agree",
-        disagree.is_empty(),
-        if disagree.is_empty() {
-            "every order agrees with its invoice and the drill's actions".into()
-        } else {
-            format!("{} disagree, e.g. {}", disagree.len(), disagree[0])
-        },
+        &disagree,
+        "every order agrees with its invoice and the drill's actions",
     );
 
     let unpublished = count(
@@ -247,17 +253,13 @@ pub async fn check(
             ));
         }
     }
-    f.set(
+    f.unless(
         "dlqs_hold_exactly_the_poison",
-        dlq_problems.is_empty(),
-        if dlq_problems.is_empty() {
-            format!(
-                "{} poison message(s), all dead-lettered, nothing else",
-                poison.by_dlq.values().map(Vec::len).sum::<usize>()
-            )
-        } else {
-            dlq_problems.join("; ")
-        },
+        &dlq_problems,
+        format!(
+            "{} poison message(s), all dead-lettered, nothing else",
+            poison.by_dlq.values().map(Vec::len).sum::<usize>()
+        ),
     );
 
     // Nothing unacknowledged: once the consumers are gone, anything they held would be
@@ -272,14 +274,10 @@ pub async fn check(
                 exits.push(format!("{label} exited with {code:?}"));
             }
         }
-        f.set(
+        f.unless(
             "replicas_stop_cleanly",
-            exits.is_empty(),
-            if exits.is_empty() {
-                "every replica exited 0 on SIGTERM".into()
-            } else {
-                exits.join("; ")
-            },
+            &exits,
+            "every replica exited 0 on SIGTERM",
         );
     }
     let left = broker.ready_count(topology::INVOICES_NODE_QUEUE).await?
@@ -299,31 +297,23 @@ pub async fn check(
         .filter(|x| x.recovery.is_none())
         .map(|x| format!("{} {}", x.kind.name(), x.target))
         .collect();
-    f.set(
+    f.unless(
         "replicas_ready_after_every_fault",
-        slow.is_empty(),
-        if slow.is_empty() {
-            format!(
-                "{} fault(s), every replica ready again each time",
-                faults.len()
-            )
-        } else {
-            format!("not ready in time after: {}", slow.join(", "))
-        },
+        &slow,
+        format!(
+            "{} fault(s), every replica ready again each time",
+            faults.len()
+        ),
     );
     let unseen: Vec<String> = faults
         .iter()
         .filter(|x| x.kind == FaultKind::Panic)
         .flat_map(|x| x.problems.iter().cloned())
         .collect();
-    f.set(
+    f.unless(
         "restarts_visible",
-        unseen.is_empty(),
-        if unseen.is_empty() {
-            "every injected panic showed as a restart in /actors and actor_restarts_total".into()
-        } else {
-            unseen.join("; ")
-        },
+        &unseen,
+        "every injected panic showed as a restart in /actors and actor_restarts_total",
     );
     let other: Vec<String> = faults
         .iter()
@@ -335,14 +325,10 @@ pub async fn check(
         })
         .filter(|p| !p.contains("not all ready"))
         .collect();
-    f.set(
+    f.unless(
         "faults_behaved",
-        other.is_empty(),
-        if other.is_empty() {
-            "every fault was injected and every SIGTERM exited 0".into()
-        } else {
-            other.join("; ")
-        },
+        &other,
+        "every fault was injected and every SIGTERM exited 0",
     );
 
     // No 5xx but a 503 while a database was away.
@@ -360,14 +346,6 @@ pub async fn check(
             (!excused).then(|| format!("{status} on {} at {:.1}s", x.route, x.at.as_secs_f64()))
         })
         .collect();
-    f.set(
-        "no_5xx_but_503_while_database_away",
-        bad.is_empty(),
-        if bad.is_empty() {
-            "none".into()
-        } else {
-            format!("{} response(s), e.g. {}", bad.len(), bad[0])
-        },
-    );
+    f.unless("no_5xx_but_503_while_database_away", &bad, "none");
     Ok(f)
 }

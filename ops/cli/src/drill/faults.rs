@@ -9,6 +9,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 
+use actors::faults::ACTORS;
 use contracts::topology;
 
 use super::rng::Rng;
@@ -20,15 +21,6 @@ use crate::amqp::Broker;
 pub const RECOVERY_BOUND: Duration = Duration::from_secs(60);
 /// How long the database stays unreachable in a `db` fault.
 const DB_AWAY: Duration = Duration::from_secs(3);
-/// The actors `panic` picks from (their names in every node's tree).
-const ACTORS: [&str; 6] = [
-    "store",
-    "amqp-publish",
-    "amqp-consume",
-    "outbox-relay",
-    "consumer",
-    "http-intake",
-];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {
