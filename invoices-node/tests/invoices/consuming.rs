@@ -178,21 +178,21 @@ async fn poison_messages_land_in_the_dlq_and_the_node_goes_on() {
     amqp.publish_event(&bad_money).await;
 
     let dlq = topology::dead_letter_queue(topology::INVOICES_NODE_QUEUE);
+    // The copy reaches the DLQ a moment before the node counts it: wait for both.
     eventually(
-        "six messages dead-lettered",
+        "six messages dead-lettered, and counted",
         Duration::from_secs(15),
-        || async { (amqp.ready_count(&dlq).await == 6).then_some(()) },
+        || async {
+            let m = c.get("/metrics").await.text;
+            let counted = metric(
+                &m,
+                "messages_consumed_total",
+                &[("outcome", "dead_lettered")],
+            );
+            (amqp.ready_count(&dlq).await == 6 && counted == Some(6.0)).then_some(())
+        },
     )
     .await;
-    let m = c.get("/metrics").await.text;
-    assert_eq!(
-        metric(
-            &m,
-            "messages_consumed_total",
-            &[("outcome", "dead_lettered")]
-        ),
-        Some(6.0)
-    );
     assert_eq!(
         amqp.ready_count(topology::INVOICES_NODE_QUEUE).await,
         0,
@@ -388,10 +388,19 @@ async fn a_failing_event_in_a_batch_is_retried_alone_and_dead_lettered_and_its_b
     holder.rollback().await.unwrap();
 
     let dlq = topology::dead_letter_queue(topology::INVOICES_NODE_QUEUE);
+    // The copy reaches the DLQ a moment before the node counts it: wait for both.
     eventually(
-        "the poison dead-lettered",
+        "the poison dead-lettered, and counted",
         Duration::from_secs(20),
-        || async { (amqp.ready_count(&dlq).await == 1).then_some(()) },
+        || async {
+            let m = c.get("/metrics").await.text;
+            let counted = metric(
+                &m,
+                "messages_consumed_total",
+                &[("outcome", "dead_lettered")],
+            );
+            (amqp.ready_count(&dlq).await == 1 && counted == Some(1.0)).then_some(())
+        },
     )
     .await;
     eventually("the others invoiced", Duration::from_secs(10), || async {
