@@ -11,6 +11,27 @@ use contracts::{Event, topology};
 
 use crate::{invoices_of, order_canceled, order_created, spawn_invoices};
 
+/// Waits until `dlq` holds `n` messages and the node has counted `n` dead letters: the
+/// copy reaches the DLQ a moment before the node counts it.
+async fn wait_dead_lettered(
+    amqp: &testkit::Amqp,
+    c: &testkit::Client,
+    dlq: &str,
+    n: u32,
+    within: Duration,
+) {
+    eventually("dead letters in the DLQ, and counted", within, || async {
+        let m = c.get("/metrics").await.text;
+        let counted = metric(
+            &m,
+            "messages_consumed_total",
+            &[("outcome", "dead_lettered")],
+        );
+        (amqp.ready_count(dlq).await == n && counted == Some(f64::from(n))).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn an_order_gets_one_invoice_and_an_invoice_issued_event_with_the_contract_envelope() {
     let env = TestEnv::new();
@@ -178,21 +199,7 @@ async fn poison_messages_land_in_the_dlq_and_the_node_goes_on() {
     amqp.publish_event(&bad_money).await;
 
     let dlq = topology::dead_letter_queue(topology::INVOICES_NODE_QUEUE);
-    // The copy reaches the DLQ a moment before the node counts it: wait for both.
-    eventually(
-        "six messages dead-lettered, and counted",
-        Duration::from_secs(15),
-        || async {
-            let m = c.get("/metrics").await.text;
-            let counted = metric(
-                &m,
-                "messages_consumed_total",
-                &[("outcome", "dead_lettered")],
-            );
-            (amqp.ready_count(&dlq).await == 6 && counted == Some(6.0)).then_some(())
-        },
-    )
-    .await;
+    wait_dead_lettered(&amqp, &c, &dlq, 6, Duration::from_secs(15)).await;
     assert_eq!(
         amqp.ready_count(topology::INVOICES_NODE_QUEUE).await,
         0,
@@ -388,21 +395,7 @@ async fn a_failing_event_in_a_batch_is_retried_alone_and_dead_lettered_and_its_b
     holder.rollback().await.unwrap();
 
     let dlq = topology::dead_letter_queue(topology::INVOICES_NODE_QUEUE);
-    // The copy reaches the DLQ a moment before the node counts it: wait for both.
-    eventually(
-        "the poison dead-lettered, and counted",
-        Duration::from_secs(20),
-        || async {
-            let m = c.get("/metrics").await.text;
-            let counted = metric(
-                &m,
-                "messages_consumed_total",
-                &[("outcome", "dead_lettered")],
-            );
-            (amqp.ready_count(&dlq).await == 1 && counted == Some(1.0)).then_some(())
-        },
-    )
-    .await;
+    wait_dead_lettered(&amqp, &c, &dlq, 1, Duration::from_secs(20)).await;
     eventually("the others invoiced", Duration::from_secs(10), || async {
         let all = c.get("/invoices?limit=200").await.body["items"]
             .as_array()
