@@ -337,22 +337,18 @@ fn properties(row: &PendingRow, app_id: &str, span: &tracing::Span) -> BasicProp
 
 async fn publish_batch(pass: &Pass) -> Result<usize, RelayError> {
     let started = Instant::now();
-    let mut tx = pass.pool.begin().await?;
-    // A bitmap scan of the pending index visits every entry of a row published since the
-    // last vacuum, and their heap pages, on every pass; a plain index scan marks those
-    // entries dead once and skips them after. The planner picks the bitmap scan for this
-    // query on a busy outbox, so it is ruled out for this transaction only.
-    sqlx::query("SET LOCAL enable_bitmapscan = off")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = crate::db::begin_by_key(&pass.pool).await?;
+    // A row is taken only if it is its order's oldest pending one (parked and locked rows
+    // still count). Asked as a per-row subquery, that is one probe of the by-order index
+    // per candidate; as `NOT EXISTS`, it became an anti join that the planner, with the
+    // statistics of an almost empty outbox, ran as a full index scan per candidate.
     let rows: Vec<PendingRow> = sqlx::query_as(
         "SELECT o.id, o.event_id, o.exchange, o.routing_key, o.payload, o.headers, o.created_at
            FROM outbox o
           WHERE o.published_at IS NULL
             AND o.parked_at IS NULL
-            AND NOT EXISTS (SELECT 1 FROM outbox e
-                             WHERE e.aggregate_id = o.aggregate_id
-                               AND e.published_at IS NULL AND e.id < o.id)
+            AND o.id = (SELECT min(e.id) FROM outbox e
+                         WHERE e.aggregate_id = o.aggregate_id AND e.published_at IS NULL)
           ORDER BY o.id
           LIMIT $1
           FOR UPDATE SKIP LOCKED",

@@ -140,7 +140,7 @@ pub async fn pay(
     id: Uuid,
     cause: &Causation,
 ) -> Result<(Invoice, bool), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = actors::db::begin_by_key(pool).await?;
     let row: Option<InvoiceRow> = sqlx::query_as(LOCK_BY_ID)
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -186,7 +186,7 @@ pub async fn apply_order_events(
     batch: &[Incoming],
     terms: Duration,
 ) -> Result<Vec<(Outcome, Effect)>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = actors::db::begin_by_key(pool).await?;
     let creates: Vec<&OrderCreated> = batch
         .iter()
         .filter_map(|i| match &i.event {

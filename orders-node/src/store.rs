@@ -144,7 +144,7 @@ async fn create_group(
 ) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
     let spans =
         actors::telemetry::batch_spans("INSERT orders", "INSERT", requests.iter().map(|r| &r.span));
-    let mut tx = pool.begin().await?;
+    let mut tx = actors::db::begin_by_key(pool).await?;
     let at = actors::db::now();
     let mut results: Vec<Option<Result<Created, StoreError>>> =
         requests.iter().map(|_| None).collect();
@@ -328,7 +328,7 @@ pub async fn cancel(
     reason: Option<String>,
     cause: &Causation,
 ) -> Result<(Order, bool), StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = actors::db::begin_by_key(pool).await?;
     let mut order = lock_order(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
     match order.status.on_cancel() {
         // Release the row lock before answering (see `create`).
@@ -369,7 +369,7 @@ pub async fn apply_invoice_events(
     pool: &PgPool,
     batch: &[Incoming],
 ) -> Result<Vec<(Outcome, Option<OrderStatus>)>, StoreError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = actors::db::begin_by_key(pool).await?;
     let distinct: HashSet<Uuid> = batch.iter().map(|i| i.event.order_id()).collect();
     let outcomes = if distinct.len() == batch.len() && batch.len() > 1 {
         apply_distinct(&mut tx, batch).await?
