@@ -9,7 +9,9 @@
 //! same lane and are handled in the order they were delivered (a cancel delivered before
 //! its create is handled first), while different orders are handled concurrently. Each lane
 //! hands the node everything that waits in it (up to `batch_size`) as one batch, which the
-//! node applies in one transaction; every delivery is acknowledged only after that commit.
+//! node applies in one transaction; every delivery is acknowledged only after that commit,
+//! through the channel's acknowledgement window (`acks`), which covers many deliveries of
+//! many lanes with one frame.
 //!
 //! - undecodable, invalid or oversized body → rejected without requeue → `<queue>.dlq`;
 //! - the node reports one event of a batch invalid → that one is dead-lettered;
@@ -42,6 +44,7 @@ use tokio::task::JoinSet;
 use contracts::Event;
 use contracts::topology::{self, ConsumedQueue};
 
+use super::acks::Acks;
 use super::link::{LinkMsg, open_channel};
 use crate::metrics::Metrics;
 use crate::outbox::Causation;
@@ -271,6 +274,8 @@ struct Item {
     delivery: Delivery,
     /// The channel it came on, for republishing it as a dead letter.
     channel: lapin::Channel,
+    /// The channel's acknowledgement window.
+    acks: Acks,
     received: Instant,
 }
 
@@ -287,6 +292,7 @@ async fn run_stream(
     (channel, mut consumer): (lapin::Channel, lapin::Consumer),
     mut stop: watch::Receiver<bool>,
 ) -> (String, bool) {
+    let (acks, acks_task) = Acks::start(args.input.queue);
     let mut lanes = JoinSet::new();
     let mut senders = Vec::with_capacity(args.lanes);
     for _ in 0..args.lanes.max(1) {
@@ -302,7 +308,8 @@ async fn run_stream(
             }
             next = consumer.next() => match next {
                 Some(Ok(delivery)) => {
-                    if let Some(item) = admit(&args, &channel, delivery).await {
+                    acks.hold(delivery.delivery_tag);
+                    if let Some(item) = admit(&args, &channel, &acks, delivery).await {
                         let lane = lane_of(&item.event, senders.len());
                         // A lane only goes away by panicking, which the join below reports.
                         let _ = senders[lane].send(item);
@@ -326,6 +333,9 @@ async fn run_stream(
     let drain = async { while lanes.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(args.shutdown_grace, drain).await;
     lanes.abort_all();
+    // What the lanes committed is acknowledged before the channel closes.
+    drop(acks);
+    let _ = tokio::time::timeout(args.shutdown_grace, acks_task).await;
     let _ = channel.close(200, "consumer done".into()).await;
     (reason, fatal)
 }
@@ -379,7 +389,12 @@ pub fn decode_delivery(delivery: &Delivery) -> Result<Event, String> {
 
 /// Decodes a delivery inside a consumer span that continues the producer's trace; a poison
 /// message is dead-lettered here and goes no further.
-async fn admit(args: &ConsumerArgs, channel: &lapin::Channel, delivery: Delivery) -> Option<Item> {
+async fn admit(
+    args: &ConsumerArgs,
+    channel: &lapin::Channel,
+    acks: &Acks,
+    delivery: Delivery,
+) -> Option<Item> {
     let received = Instant::now();
     let headers = delivery.properties.headers();
     let message_id = delivery
@@ -421,7 +436,7 @@ async fn admit(args: &ConsumerArgs, channel: &lapin::Channel, delivery: Delivery
                     "dead-lettering a message that cannot be decoded"
                 )
             });
-            dead_letter(args, channel, &delivery, "undecodable", &reason).await;
+            dead_letter(args, channel, acks, &delivery, "undecodable", &reason).await;
             return None;
         }
     };
@@ -438,6 +453,7 @@ async fn admit(args: &ConsumerArgs, channel: &lapin::Channel, delivery: Delivery
         },
         delivery,
         channel: channel.clone(),
+        acks: acks.clone(),
         received,
     })
 }
@@ -548,6 +564,7 @@ async fn handle_alone(args: &ConsumerArgs, mut items: Vec<Item>, stop: &watch::R
                         dead_letter(
                             args,
                             &item.channel,
+                            &item.acks,
                             &item.delivery,
                             item.event.routing_key(),
                             &why,
@@ -565,7 +582,8 @@ async fn handle_alone(args: &ConsumerArgs, mut items: Vec<Item>, stop: &watch::R
     }
 }
 
-/// Acknowledges (or dead-letters) one delivery after its batch committed.
+/// Acknowledges (through the channel's window) or dead-letters one delivery after its
+/// batch committed.
 async fn settle(args: &ConsumerArgs, item: Item, outcome: Outcome) {
     let queue = args.input.queue;
     let event_type = item.event.routing_key();
@@ -576,14 +594,20 @@ async fn settle(args: &ConsumerArgs, item: Item, outcome: Outcome) {
             item.delivered.span.in_scope(|| {
                 tracing::warn!(queue, event_type, reason, "dead-lettering an invalid event")
             });
-            dead_letter(args, &item.channel, &item.delivery, event_type, &reason).await;
+            dead_letter(
+                args,
+                &item.channel,
+                &item.acks,
+                &item.delivery,
+                event_type,
+                &reason,
+            )
+            .await;
             return;
         }
     };
-    if let Err(e) = item.delivery.acker.ack(BasicAckOptions::default()).await {
-        // The channel died after commit: the broker redelivers, the inbox dedups.
-        tracing::warn!(queue, error = %e, "ack failed after commit; expecting a redelivery");
-    }
+    item.acks
+        .done(item.delivery.delivery_tag, item.delivery.acker.clone());
     args.metrics
         .consumed
         .with_label_values(&[queue, event_type, outcome])
@@ -634,6 +658,7 @@ async fn retry_later(
                 ..Default::default()
             })
             .await;
+        item.acks.released(item.delivery.delivery_tag);
     }
     false
 }
@@ -661,6 +686,7 @@ const MAX_DEAD_LETTER_HEADER: usize = 1024;
 async fn dead_letter(
     args: &ConsumerArgs,
     channel: &lapin::Channel,
+    acks: &Acks,
     delivery: &Delivery,
     event_type: &str,
     reason: &str,
@@ -719,6 +745,7 @@ async fn dead_letter(
             })
             .await;
     }
+    acks.released(delivery.delivery_tag);
     args.metrics
         .consumed
         .with_label_values(&[queue, event_type, "dead_lettered"])

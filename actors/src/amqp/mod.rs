@@ -1,6 +1,7 @@
 //! RabbitMQ: the [`link`] actor owns the connection; [`consumer`] bridges deliveries into
-//! actor messages; [`topology`] declares the contract's exchanges and queues.
+//! actor messages (and `acks` acknowledges them in as few frames as it may); [`topology`] declares the contract's exchanges and queues.
 
+mod acks;
 pub mod consumer;
 pub mod link;
 pub mod topology;
