@@ -214,7 +214,7 @@ pub async fn apply_order_events(
 }
 
 /// A batch of valid `order.created` events for different orders (the steady state): the
-/// same rules as [`issue`], in six statements for the whole batch instead of six per event.
+/// same rules as [`issue`], in five statements for the whole batch instead of five per event.
 async fn issue_distinct(
     tx: &mut PgConnection,
     batch: &[Incoming],
@@ -246,25 +246,24 @@ async fn issue_distinct(
     let mut effects: std::collections::HashMap<Uuid, Effect> = std::collections::HashMap::new();
     if !fresh.is_empty() {
         let fresh_orders: Vec<Uuid> = fresh.iter().map(|e| e.order_id).collect();
-        let canceled: HashSet<Uuid> =
-            sqlx::query_scalar("SELECT order_id FROM canceled_orders WHERE order_id = ANY($1)")
-                .bind(&fresh_orders)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-        let sequences: Vec<i64> =
-            sqlx::query_scalar("SELECT nextval('invoice_number_seq') FROM generate_series(1, $1)")
-                .bind(fresh.len() as i64)
-                .fetch_all(&mut *tx)
-                .await?;
+        // Per fresh order, in order: its invoice number's sequence, and whether its cancel
+        // came first (a tombstone).
+        let numbered: Vec<(i64, bool)> = sqlx::query_as(
+            "SELECT nextval('invoice_number_seq'),
+                    EXISTS (SELECT 1 FROM canceled_orders c WHERE c.order_id = t.id)
+               FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)
+              ORDER BY n",
+        )
+        .bind(&fresh_orders)
+        .fetch_all(&mut *tx)
+        .await?;
         let issued_at = actors::db::now();
         let due_at = domain::due_at(issued_at, terms);
         let invoices: Vec<(Uuid, String, &OrderCreated, InvoiceStatus)> = fresh
             .iter()
-            .zip(&sequences)
-            .map(|(e, seq)| {
-                let status = if canceled.contains(&e.order_id) {
+            .zip(&numbered)
+            .map(|(e, (seq, canceled))| {
+                let status = if *canceled {
                     InvoiceStatus::Void
                 } else {
                     InvoiceStatus::Issued
@@ -397,19 +396,19 @@ async fn issue(
     terms: Duration,
     cause: &Causation,
 ) -> Result<Effect, StoreError> {
-    let canceled: Option<DateTime<Utc>> =
-        sqlx::query_scalar("SELECT canceled_at FROM canceled_orders WHERE order_id = $1")
-            .bind(e.order_id)
-            .fetch_optional(&mut *tx)
-            .await?;
+    // The invoice number's sequence, and whether the order's cancel came first.
+    let (sequence, canceled): (i64, bool) = sqlx::query_as(
+        "SELECT nextval('invoice_number_seq'),
+                EXISTS (SELECT 1 FROM canceled_orders WHERE order_id = $1)",
+    )
+    .bind(e.order_id)
+    .fetch_one(&mut *tx)
+    .await?;
     let issued_at = actors::db::now();
-    let sequence: i64 = sqlx::query_scalar("SELECT nextval('invoice_number_seq')")
-        .fetch_one(&mut *tx)
-        .await?;
     let number = domain::invoice_number(issued_at, sequence);
     let id = Uuid::now_v7();
     let due_at = domain::due_at(issued_at, terms);
-    let status = if canceled.is_some() {
+    let status = if canceled {
         InvoiceStatus::Void
     } else {
         InvoiceStatus::Issued
@@ -428,7 +427,7 @@ async fn issue(
     .bind(status.as_str())
     .bind(issued_at)
     .bind(due_at)
-    .bind(canceled.map(|_| issued_at))
+    .bind(canceled.then_some(issued_at))
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -436,8 +435,15 @@ async fn issue(
         // A second order.created for the same order under another event id: one invoice.
         return Ok(Effect::Nothing);
     }
-    let event = match canceled {
-        None => Event::InvoiceIssued(InvoiceIssued {
+    let event = if canceled {
+        Event::InvoiceVoided(InvoiceVoided {
+            event_id: Uuid::now_v7(),
+            invoice_id: id,
+            order_id: e.order_id,
+            voided_at: issued_at,
+        })
+    } else {
+        Event::InvoiceIssued(InvoiceIssued {
             event_id: Uuid::now_v7(),
             invoice_id: id,
             order_id: e.order_id,
@@ -446,16 +452,10 @@ async fn issue(
             amount_cents: e.total_cents,
             issued_at,
             due_at,
-        }),
-        Some(_) => Event::InvoiceVoided(InvoiceVoided {
-            event_id: Uuid::now_v7(),
-            invoice_id: id,
-            order_id: e.order_id,
-            voided_at: issued_at,
-        }),
+        })
     };
     outbox::enqueue(&mut *tx, &event, cause).await?;
-    Ok(if canceled.is_some() {
+    Ok(if canceled {
         Effect::IssuedVoid
     } else {
         Effect::Issued
