@@ -6,8 +6,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -78,7 +78,8 @@ impl Broker {
     /// queue unless the caller settles it, and whatever is not settled goes back when the
     /// browse is released (or the process dies).
     pub async fn browse(&self, queue: &str, limit: u16) -> Result<Browse, OpsError> {
-        let expected = self.ready_count(queue).await?.min(u32::from(limit));
+        let ready_before = self.ready_count(queue).await?;
+        let expected = ready_before.min(u32::from(limit));
         let channel = self.connection.create_channel().await?;
         channel.basic_qos(limit, BasicQosOptions::default()).await?;
         let mut consumer = channel
@@ -97,7 +98,13 @@ impl Broker {
                 _ => break,
             }
         }
-        Ok(Browse { channel, messages })
+        Ok(Browse {
+            channel,
+            messages,
+            queue: queue.to_owned(),
+            ready_before,
+            settled: 0,
+        })
     }
 
     pub async fn close(self) {
@@ -110,12 +117,36 @@ impl Broker {
 pub struct Browse {
     channel: Channel,
     pub messages: Vec<Delivery>,
+    queue: String,
+    ready_before: u32,
+    settled: u32,
 }
 
 impl Browse {
-    /// Returns every unsettled message to its queue.
-    pub async fn release(self) {
+    /// Acknowledges message `i`: it leaves the queue for good.
+    pub async fn ack(&mut self, i: usize) -> Result<(), OpsError> {
+        if let Some(delivery) = self.messages.get(i) {
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+            self.settled += 1;
+        }
+        Ok(())
+    }
+
+    /// Returns every unsettled message to its queue, and waits (up to 5 s) until the queue
+    /// shows them ready again: the broker requeues them after the channel closed, so without
+    /// the wait a command run right after this one could find them missing.
+    pub async fn release(self, broker: &Broker) {
         // Closing the channel requeues what it holds, in order.
         let _ = self.channel.close(200, "browsed".into()).await;
+        let back = self.ready_before.saturating_sub(self.settled);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            match broker.ready_count(&self.queue).await {
+                Ok(ready) if ready < back => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => return,
+            }
+        }
     }
 }

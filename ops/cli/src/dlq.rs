@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, QueuePurgeOptions};
+use lapin::options::QueuePurgeOptions;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Serialize;
 
@@ -204,7 +204,7 @@ pub async fn dead_letters(
         .enumerate()
         .map(|(i, d)| DeadLetter::of(i, d))
         .collect();
-    browse.release().await;
+    browse.release(broker).await;
     Ok(letters)
 }
 
@@ -266,10 +266,11 @@ async fn replay(
 ) -> Result<ExitCode, OpsError> {
     let broker = Broker::connect(&target.amqp_url).await?;
     let queue = target.dlq();
-    let browse = broker.browse(&queue, target.limit).await?;
+    let mut browse = broker.browse(&queue, target.limit).await?;
     let mut outcome: BTreeMap<&str, usize> = BTreeMap::new();
     let mut missing: Vec<&String> = ids.iter().collect();
-    for (i, delivery) in browse.messages.iter().enumerate() {
+    for i in 0..browse.messages.len() {
+        let delivery = &browse.messages[i];
         let letter = DeadLetter::of(i, delivery);
         if !all && !ids.iter().any(|id| letter.matches(id)) {
             continue;
@@ -301,7 +302,7 @@ async fn replay(
             .await?
         {
             // Only now: the copy is safe with the broker.
-            delivery.acker.ack(BasicAckOptions::default()).await?;
+            browse.ack(i).await?;
             println!("replay {name} → {exchange} / {routing_key}");
             *outcome.entry("replayed").or_default() += 1;
         } else {
@@ -309,7 +310,7 @@ async fn replay(
             *outcome.entry("failed").or_default() += 1;
         }
     }
-    browse.release().await;
+    browse.release(&broker).await;
     broker.close().await;
     for id in &missing {
         println!("absent {id}: not in {queue}");

@@ -171,6 +171,7 @@ async fn dead_letters_are_listed_shown_replayed_to_their_origin_and_purged() {
     let out = ops_dlq(&url, &dlq, &["replay", "--id", &id, "--dry-run"], "");
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("would"), "{}", text(&out));
+    // Each command gives back what it browsed before it exits: nothing missing, at once.
     assert_eq!(amqp.ready_count(&dlq).await, 2);
     let out = ops_dlq(&url, &dlq, &["replay", "--id", &id], "");
     assert!(out.status.success(), "{}", text(&out));
