@@ -11,8 +11,12 @@ COPY actors/Cargo.toml actors/
 COPY orders-node/Cargo.toml orders-node/
 COPY invoices-node/Cargo.toml invoices-node/
 COPY ops/testkit/Cargo.toml ops/testkit/
+# The operators' tool is a workspace member, so its manifest must be there; the image does
+# not build it, and its placeholder source stays.
+COPY ops/cli/Cargo.toml ops/cli/
 RUN for d in contracts actors ops/testkit; do mkdir -p "$d/src" && : > "$d/src/lib.rs"; done \
  && for d in orders-node invoices-node; do mkdir -p "$d/src" && : > "$d/src/lib.rs" && echo 'fn main() {}' > "$d/src/main.rs"; done \
+ && mkdir -p ops/cli/src && echo 'fn main() {}' > ops/cli/src/main.rs \
  && cargo build --release --locked -p orders-node -p invoices-node \
  && rm -rf contracts/src actors/src orders-node/src invoices-node/src ops/testkit/src
 
