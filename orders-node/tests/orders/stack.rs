@@ -1,7 +1,7 @@
 //! The stack files in ops/ and docker-compose.yml, kept honest without Docker, Kong or
 //! Grafana: every variable compose sets is one the nodes read (and the ones they need are
 //! set), every Kong route reaches a real node route, every dashboard query returns data from
-//! a real Prometheus scraping live nodes.
+//! a real Prometheus scraping live nodes, and the image build has every manifest it needs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -461,4 +461,28 @@ fn prometheus_scrapes_both_nodes_and_kong_and_grafana_has_both_datasources() {
         .map(|d| d["type"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, BTreeSet::from(["jaeger", "prometheus"]));
+}
+
+/// The image's dependency layer is built from the manifests alone; cargo cannot load the
+/// workspace unless every member's manifest is there (the ops tool's once was not).
+#[test]
+fn the_image_build_copies_every_workspace_members_manifest() {
+    let manifest = read("Cargo.toml");
+    let members: Vec<&str> = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("members = ["))
+        .expect("a one-line workspace members list")
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    let dockerfile = read("Dockerfile");
+    assert!(members.contains(&"orders-node"), "{members:?}");
+    for member in members {
+        let copy = format!("COPY {member}/Cargo.toml {member}/");
+        assert!(
+            dockerfile.lines().any(|l| l.trim() == copy),
+            "the Dockerfile lacks `{copy}`"
+        );
+    }
 }
