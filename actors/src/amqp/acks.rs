@@ -226,4 +226,117 @@ mod tests {
         w.apply(AckMsg::Released(1));
         assert_eq!(tag(w.take_contiguous()), Some(4));
     }
+
+    /// Against the real broker: a multiple-ack that reached a held delivery would settle it,
+    /// and an ack by a tag settled before would close the channel (and every delivery would
+    /// come back). Only the held one may come back.
+    #[tokio::test]
+    async fn against_the_broker_only_the_held_delivery_comes_back() {
+        use futures_util::StreamExt;
+        use lapin::options::{
+            BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+        };
+        use lapin::types::FieldTable;
+        use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+        let url = std::env::var("AMQP_URL")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+        let conn = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .expect("RabbitMQ is needed for this test");
+        // Server-named, exclusive: this test's own, gone with its connection.
+        let publisher = conn.create_channel().await.expect("channel");
+        let queue = publisher
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue")
+            .name()
+            .as_str()
+            .to_owned();
+        for n in 1..=5 {
+            publisher
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    n.to_string().as_bytes(),
+                    BasicProperties::default(),
+                )
+                .await
+                .expect("publish");
+        }
+        let consuming = conn.create_channel().await.expect("channel");
+        consuming
+            .basic_qos(10, BasicQosOptions::default())
+            .await
+            .expect("qos");
+        let mut consumer = consuming
+            .basic_consume(
+                queue.as_str().into(),
+                "acks-test".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        let (acks, task) = Acks::start("acks-test");
+        let mut held = Vec::new();
+        for _ in 1..=5 {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+                .await
+                .expect("delivered in time")
+                .expect("a delivery")
+                .expect("not an error");
+            acks.hold(delivery.delivery_tag);
+            held.push(delivery);
+        }
+        for delivery in &held {
+            if delivery.data != b"3" {
+                acks.done(delivery.delivery_tag, delivery.acker.clone());
+            }
+        }
+        // 1 and 2 go by one multiple-ack; 4 and 5 wait behind 3, then go alone once stale.
+        tokio::time::sleep(STALE_AFTER * 3).await;
+        drop(acks);
+        task.await.expect("the window task ends");
+        assert!(
+            consuming.status().connected(),
+            "the broker accepted every ack frame"
+        );
+        consuming
+            .close(200, "test done".into())
+            .await
+            .expect("close");
+        let counted = conn.create_channel().await.expect("channel");
+        let back = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let got = counted
+                    .basic_get(queue.as_str().into(), Default::default())
+                    .await
+                    .expect("get");
+                if let Some(message) = got {
+                    return message;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the held delivery is back");
+        assert_eq!(back.delivery.data, b"3");
+        // Give the broker time to requeue anything else a wrong ack had left unsettled.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rest = counted
+            .basic_get(queue.as_str().into(), Default::default())
+            .await
+            .expect("get");
+        assert!(rest.is_none(), "only the held delivery came back");
+        let _ = conn.close(200, "test done".into()).await;
+    }
 }
