@@ -409,7 +409,7 @@ async fn publish_rows<'a>(
     rows: &'a [PendingRow],
 ) -> Result<(Vec<i64>, Vec<&'a PendingRow>), RelayError> {
     let channel = &pass.channel;
-    let mut confirms = Vec::with_capacity(rows.len());
+    let mut publishes = Vec::with_capacity(rows.len());
     // Each producer span stays open until the broker confirmed its message.
     let mut spans = Vec::with_capacity(rows.len());
     for row in rows {
@@ -417,17 +417,21 @@ async fn publish_rows<'a>(
         let span = publish_span(row, &cause);
         let props = properties(row, &pass.app_id, &span);
         spans.push(span);
-        let confirm = channel
-            .basic_publish(
-                row.exchange.as_str().into(),
-                row.routing_key.as_str().into(),
-                BasicPublishOptions::default(),
-                &row.payload,
-                props,
-            )
-            .await?;
-        confirms.push(confirm);
+        publishes.push(channel.basic_publish(
+            row.exchange.as_str().into(),
+            row.routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            &row.payload,
+            props,
+        ));
     }
+    // A publish resolves once the connection's I/O thread has written it: awaited one by
+    // one, that is a round trip between threads per message. Polled together, every
+    // message is queued (in this order) before the thread wakes once to write them all.
+    let confirms = join_all(publishes)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
     let confirmations = join_all(confirms).await;
     drop(spans);
     let mut acked = Vec::with_capacity(rows.len());
