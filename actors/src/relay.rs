@@ -23,6 +23,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Confirmation};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Deserialize;
 use sqlx::PgPool;
 
 use contracts::topology;
@@ -303,10 +304,13 @@ fn publish_span(row: &PendingRow, cause: &Causation) -> tracing::Span {
 }
 
 /// AMQP properties and headers of one outbox row; the trace headers are the producer span's.
-fn properties(row: &PendingRow, app_id: &str, span: &tracing::Span) -> BasicProperties {
-    let mut cause = serde_json::from_value::<Causation>(row.headers.clone())
-        .unwrap_or_default()
-        .sanitized();
+fn properties(
+    row: &PendingRow,
+    cause: Causation,
+    app_id: &str,
+    span: &tracing::Span,
+) -> BasicProperties {
+    let mut cause = cause.sanitized();
     let (traceparent, tracestate) = crate::telemetry::trace_headers(span);
     if traceparent.is_some() {
         cause.traceparent = traceparent;
@@ -413,9 +417,10 @@ async fn publish_rows<'a>(
     // Each producer span stays open until the broker confirmed its message.
     let mut spans = Vec::with_capacity(rows.len());
     for row in rows {
-        let cause: Causation = serde_json::from_value(row.headers.clone()).unwrap_or_default();
+        // Read once from the row (without copying its JSON): the span and the headers use it.
+        let cause = Causation::deserialize(&row.headers).unwrap_or_default();
         let span = publish_span(row, &cause);
-        let props = properties(row, &pass.app_id, &span);
+        let props = properties(row, cause, &pass.app_id, &span);
         spans.push(span);
         publishes.push(channel.basic_publish(
             row.exchange.as_str().into(),
