@@ -1,11 +1,13 @@
-//! Database start-up: create the node's database when missing, connect, migrate.
+//! Database start-up (create the node's database when missing, connect, migrate) and the
+//! connections the hot path keeps between transactions.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool, Postgres};
 
 use crate::config::SecretUrl;
 
@@ -22,6 +24,9 @@ pub enum DbError {
 }
 
 /// The outbox and inbox tables, shared by both nodes.
+/// How long a pooled connection may sit idle before it is checked before use.
+const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
+
 fn shared_migrator() -> Migrator {
     sqlx::migrate!("./migrations")
 }
@@ -39,6 +44,25 @@ pub async fn connect_and_migrate(
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection it hands out: a round trip per transaction, a sixth
+        // of all round trips under load. A connection used less than a second ago is
+        // handed out as it is; if its session was terminated since, the statement fails
+        // as "unavailable" like any other outage and its caller retries or answers 503.
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                sqlx::raw_sql(KEY_LOOKUPS_ONLY).execute(conn).await?;
+                Ok(())
+            })
+        })
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_AFTER_IDLE {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(|source| DbError::Unreachable {
@@ -146,29 +170,22 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-/// How every hot-path transaction starts: the flags are set in the same round trip as
-/// `BEGIN` and last until its end.
+/// The planner settings of every connection of a node's pool: rows are found by key.
 ///
-/// Every statement of these transactions finds its rows by key (an order id, an event id,
-/// an outbox id), usually a batch of keys from an array. sqlx prepares each statement and
-/// PostgreSQL soon caches one generic plan for it, costed with the table statistics of that
-/// moment: planned while `orders` held 2,000 rows, the consumer's batch `UPDATE` kept a
-/// hash join over a sequential scan of the whole table as it grew, and the relay's
-/// `DELETE … WHERE id = ANY($1)` kept a sequential scan of an outbox full of dead rows.
-/// Measured, such scans were a fifth of PostgreSQL's CPU. With sequential scans, bitmap
-/// scans and hash and merge joins ruled out, every such plan is an index lookup per key,
-/// whose cost does not grow with the table. (A plain index scan also marks the dead
-/// entries it meets, so the next pass skips them; a bitmap scan never does.)
-pub const BEGIN_BY_KEY: &str = "BEGIN; SET LOCAL enable_seqscan = off; \
-    SET LOCAL enable_bitmapscan = off; SET LOCAL enable_hashjoin = off; \
-    SET LOCAL enable_mergejoin = off";
-
-/// Starts a transaction whose plans look rows up by key (see [`BEGIN_BY_KEY`]).
-pub async fn begin_by_key(
-    pool: &PgPool,
-) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    pool.begin_with(BEGIN_BY_KEY).await
-}
+/// Every statement a node runs finds its rows by key (an order id, an event id, an outbox
+/// id), usually a batch of keys from an array, or pages through an index in order. sqlx
+/// prepares each statement and PostgreSQL soon caches one generic plan for it, costed with
+/// the table statistics of that moment: planned while `orders` held 2,000 rows, the
+/// consumer's batch `UPDATE` kept a hash join over a sequential scan of the whole table as
+/// it grew, and the relay's `DELETE … WHERE id = ANY($1)` kept a sequential scan of an
+/// outbox full of dead rows. Measured, such scans were a fifth of PostgreSQL's CPU. With
+/// sequential scans, bitmap scans and hash and merge joins ruled out, every such plan is an
+/// index lookup per key, whose cost does not grow with the table. (A plain index scan also
+/// marks the dead entries it meets, so the next pass skips them; a bitmap scan never does.)
+/// Set once per connection rather than per transaction, so that a store may also run a
+/// batch as one statement outside `BEGIN` … `COMMIT`.
+pub const KEY_LOOKUPS_ONLY: &str = "SET enable_seqscan = off; SET enable_bitmapscan = off; \
+    SET enable_hashjoin = off; SET enable_mergejoin = off";
 
 /// Whether the database answers right now (for readiness).
 pub async fn ping(pool: &PgPool) -> bool {
@@ -199,5 +216,104 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
                 || ["40001", "40P01", "55000", "3D000"].contains(&c.as_ref())
         }),
         _ => false,
+    }
+}
+
+/// Connections kept between a node's hot-path transactions.
+///
+/// sqlx's pool checks every connection given back to it with a round trip to PostgreSQL,
+/// which costs as much as a statement: one per transaction, a fifth of the round trips
+/// under load. The stores and the relay take a connection here and give it back with
+/// [`Held::keep`] only when it served them without error; dropped any other way (an error,
+/// a panic, a cancelled future, possibly mid-statement) it goes back through the pool,
+/// which checks it and discards it if broken. A kept connection left idle for a second or
+/// more goes back through the pool too instead of being reused unchecked. At most all but
+/// two of the pool's connections are kept, so whatever uses the pool directly (readiness,
+/// metrics) always finds one.
+#[derive(Clone)]
+pub struct Connections {
+    pool: PgPool,
+    idle: std::sync::Arc<std::sync::Mutex<Vec<Idle>>>,
+    cap: usize,
+}
+
+struct Idle {
+    conn: PoolConnection<Postgres>,
+    since: Instant,
+}
+
+impl Connections {
+    pub fn new(pool: PgPool) -> Self {
+        let cap = (pool.options().get_max_connections() as usize).saturating_sub(2);
+        Self {
+            pool,
+            idle: Default::default(),
+            cap,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // A panic while holding this lock leaves the list valid (a push or a pop).
+        self.idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A kept connection used less than a second ago, else one from the pool.
+    pub async fn take(&self) -> Result<Held, sqlx::Error> {
+        loop {
+            let Some(idle) = self.idle().pop() else { break };
+            if idle.since.elapsed() < PING_AFTER_IDLE {
+                return Ok(self.held(idle.conn));
+            }
+            // Dropped: back to the pool, which checks it.
+        }
+        let conn = self.pool.acquire().await?;
+        Ok(self.held(conn))
+    }
+
+    fn held(&self, conn: PoolConnection<Postgres>) -> Held {
+        Held {
+            conn,
+            home: self.clone(),
+        }
+    }
+}
+
+/// A connection taken from [`Connections`]; dropped, it goes back to the pool.
+pub struct Held {
+    conn: PoolConnection<Postgres>,
+    home: Connections,
+}
+
+impl Held {
+    /// Keeps the connection for the next transaction: call only after it served without
+    /// error.
+    pub fn keep(self) {
+        let Held { conn, home } = self;
+        let mut idle = home.idle();
+        if idle.len() < home.cap {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Held {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
     }
 }

@@ -53,6 +53,8 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct NodeResources {
     pub pool: PgPool,
+    /// Connections the hot path keeps between transactions (taken from `pool`).
+    pub connections: crate::db::Connections,
     pub notifier: OutboxNotifier,
     pub metrics: Metrics,
     pub request_timeout: Duration,
@@ -158,8 +160,10 @@ pub async fn start(
     let notifier = OutboxNotifier::new(relay.clone());
     let (publish_tx, publish_rx) = watch::channel(BrokerState::Connecting);
     let (consume_tx, consume_rx) = watch::channel(BrokerState::Connecting);
+    let connections = crate::db::Connections::new(pool.clone());
     let resources = NodeResources {
         pool: pool.clone(),
+        connections: connections.clone(),
         notifier: notifier.clone(),
         metrics: metrics.clone(),
         request_timeout: config.request_timeout,
@@ -210,7 +214,7 @@ pub async fn start(
     let publish_args = link_args("publish", publish_tx);
     let consume_args = link_args("consume", consume_tx);
     let relay_args = RelayArgs {
-        pool: pool.clone(),
+        connections,
         link: publish_link.clone(),
         notifier,
         app_id: spec.name.to_owned(),

@@ -76,44 +76,80 @@ pub async fn enqueue(
     enqueue_many(conn, &[(event.clone(), cause)]).await
 }
 
+/// The statement that adds outbox rows from six arrays bound as `$1`–`$6` (see
+/// [`OutboxRows`]), in array order (which is the order the relay publishes one order's
+/// events in). A macro, so that a store can put it in a bigger statement with `concat!`
+/// (e.g. as a data-modifying `WITH` beside its own insert) and the text stays in one place.
+#[macro_export]
+macro_rules! outbox_insert_from_params_1_to_6 {
+    () => {
+        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers)
+         SELECT event_id, aggregate_id, exchange, routing_key, payload, headers::jsonb
+           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[])
+                WITH ORDINALITY AS t(event_id, aggregate_id, exchange, routing_key, payload, headers, n)
+          ORDER BY n"
+    };
+}
+
+/// The outbox columns of some events, as the six arrays of
+/// [`outbox_insert_from_params_1_to_6`].
+pub struct OutboxRows {
+    ids: Vec<uuid::Uuid>,
+    aggregates: Vec<uuid::Uuid>,
+    exchanges: Vec<&'static str>,
+    keys: Vec<&'static str>,
+    payloads: Vec<Vec<u8>>,
+    headers: Vec<String>,
+}
+
+impl OutboxRows {
+    pub fn new(events: &[(Event, &Causation)]) -> Self {
+        let n = events.len();
+        let mut rows = OutboxRows {
+            ids: Vec::with_capacity(n),
+            aggregates: Vec::with_capacity(n),
+            exchanges: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            headers: Vec::with_capacity(n),
+        };
+        for (event, cause) in events {
+            rows.ids.push(event.event_id());
+            rows.aggregates.push(event.order_id());
+            rows.exchanges.push(event.exchange());
+            rows.keys.push(event.routing_key());
+            rows.payloads.push(contracts::encode(event));
+            rows.headers
+                .push(serde_json::to_string(cause).unwrap_or_else(|_| "{}".into()));
+        }
+        rows
+    }
+
+    /// Binds the six arrays as the query's first six parameters.
+    pub fn bind_first(
+        self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.aggregates)
+            .bind(self.exchanges)
+            .bind(self.keys)
+            .bind(self.payloads)
+            .bind(self.headers)
+    }
+}
+
 /// Adds `events` to the outbox in one statement, in the order given (which is the order
 /// the relay publishes one order's events in).
 pub async fn enqueue_many(
     conn: &mut PgConnection,
     events: &[(Event, &Causation)],
 ) -> Result<(), sqlx::Error> {
-    let n = events.len();
-    let (mut ids, mut aggregates, mut exchanges, mut keys, mut payloads, mut headers) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for (event, cause) in events {
-        ids.push(event.event_id());
-        aggregates.push(event.order_id());
-        exchanges.push(event.exchange());
-        keys.push(event.routing_key());
-        payloads.push(contracts::encode(event));
-        headers.push(serde_json::to_string(cause).unwrap_or_else(|_| "{}".into()));
-    }
-    sqlx::query(
-        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers)
-         SELECT event_id, aggregate_id, exchange, routing_key, payload, headers::jsonb
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[])
-                WITH ORDINALITY AS t(event_id, aggregate_id, exchange, routing_key, payload, headers, n)
-          ORDER BY n",
-    )
-    .bind(&ids)
-    .bind(&aggregates)
-    .bind(&exchanges)
-    .bind(&keys)
-    .bind(&payloads)
-    .bind(&headers)
-    .execute(conn)
-    .await?;
+    OutboxRows::new(events)
+        .bind_first(sqlx::query(outbox_insert_from_params_1_to_6!()))
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -24,11 +24,12 @@ use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Confirmation};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
-use sqlx::PgPool;
+use sqlx::Connection;
 
 use contracts::topology;
 
 use crate::amqp::link::{LinkError, LinkMsg, header_table, open_channel};
+use crate::db::Connections;
 use crate::metrics::Metrics;
 use crate::outbox::Causation;
 use crate::supervision::ChildHandle;
@@ -68,7 +69,7 @@ impl OutboxNotifier {
 
 #[derive(Clone)]
 pub struct RelayArgs {
-    pub pool: PgPool,
+    pub connections: Connections,
     pub link: ChildHandle<LinkMsg>,
     pub notifier: OutboxNotifier,
     pub app_id: String,
@@ -98,7 +99,7 @@ pub struct RelayState {
 /// What one pass needs, detached from the actor so several can run at once.
 #[derive(Clone)]
 struct Pass {
-    pool: PgPool,
+    connections: Connections,
     channel: Channel,
     app_id: String,
     batch_size: i64,
@@ -258,7 +259,7 @@ impl OutboxRelay {
 
 async fn pass_of(state: &mut RelayState) -> Result<Pass, RelayError> {
     Ok(Pass {
-        pool: state.args.pool.clone(),
+        connections: state.args.connections.clone(),
         channel: confirm_channel(state).await?,
         app_id: state.args.app_id.clone(),
         batch_size: state.args.batch_size,
@@ -340,8 +341,17 @@ fn properties(
 }
 
 async fn publish_batch(pass: &Pass) -> Result<usize, RelayError> {
+    let mut conn = pass.connections.take().await?;
+    let outcome = publish_batch_on(&mut conn, pass).await;
+    if outcome.is_ok() {
+        conn.keep();
+    }
+    outcome
+}
+
+async fn publish_batch_on(conn: &mut sqlx::PgConnection, pass: &Pass) -> Result<usize, RelayError> {
     let started = Instant::now();
-    let mut tx = crate::db::begin_by_key(&pass.pool).await?;
+    let mut tx = conn.begin().await?;
     // A row is taken only if it is its order's oldest pending one (parked and locked rows
     // still count). Asked as a per-row subquery, that is one probe of the by-order index
     // per candidate; as `NOT EXISTS`, it became an anti join that the planner, with the
@@ -461,7 +471,7 @@ async fn update_backlog_metrics(state: &RelayState) {
         "SELECT count(*), EXTRACT(EPOCH FROM now() - min(created_at))::float8
            FROM outbox WHERE published_at IS NULL AND parked_at IS NULL",
     )
-    .fetch_one(&state.args.pool)
+    .fetch_one(state.args.connections.pool())
     .await;
     if let Ok((pending, age)) = stats {
         state.args.metrics.outbox_pending.set(pending);
@@ -474,7 +484,7 @@ async fn delete_published(state: &RelayState) -> Result<(), sqlx::Error> {
         chrono::Duration::from_std(state.args.retention).unwrap_or(chrono::Duration::days(7));
     sqlx::query("DELETE FROM outbox WHERE published_at < $1")
         .bind(Utc::now() - retention)
-        .execute(&state.args.pool)
+        .execute(state.args.connections.pool())
         .await?;
     Ok(())
 }

@@ -58,6 +58,7 @@ impl InvoicesNode {
             res.metrics.domain_outcomes("invoice", &worker::OUTCOMES);
             let store = Arc::new(InvoicesStore {
                 pool: res.pool.clone(),
+                connections: res.connections.clone(),
                 notifier: res.notifier.clone(),
                 metrics: res.metrics.clone(),
                 payment_terms,

@@ -6,11 +6,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use actors::amqp::{Incoming, Outcome};
+use actors::db::Connections;
 use actors::http::Cursor;
 use actors::outbox::{self, Causation};
 use contracts::{Event, InvoiceIssued, InvoicePaid, InvoiceVoided, OrderCanceled, OrderCreated};
@@ -140,7 +141,7 @@ pub async fn pay(
     id: Uuid,
     cause: &Causation,
 ) -> Result<(Invoice, bool), StoreError> {
-    let mut tx = actors::db::begin_by_key(pool).await?;
+    let mut tx = pool.begin().await?;
     let row: Option<InvoiceRow> = sqlx::query_as(LOCK_BY_ID)
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -182,11 +183,22 @@ pub async fn pay(
 /// a transaction-scoped advisory lock on the order id, so a concurrent create and cancel
 /// cannot both miss each other. An invalid event is `Invalid` and leaves nothing behind.
 pub async fn apply_order_events(
-    pool: &PgPool,
+    db: &Connections,
     batch: &[Incoming],
     terms: Duration,
 ) -> Result<Vec<(Outcome, Effect)>, StoreError> {
-    let mut tx = actors::db::begin_by_key(pool).await?;
+    let mut conn = db.take().await?;
+    let outcomes = apply_order_events_on(&mut conn, batch, terms).await?;
+    conn.keep();
+    Ok(outcomes)
+}
+
+async fn apply_order_events_on(
+    conn: &mut PgConnection,
+    batch: &[Incoming],
+    terms: Duration,
+) -> Result<Vec<(Outcome, Effect)>, StoreError> {
+    let mut tx = conn.begin().await?;
     let creates: Vec<&OrderCreated> = batch
         .iter()
         .filter_map(|i| match &i.event {

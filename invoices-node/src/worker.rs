@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use actors::amqp::{Incoming, Outcome};
+use actors::db::Connections;
 use actors::metrics::Metrics;
 use actors::outbox::Causation;
 use actors::relay::OutboxNotifier;
@@ -47,6 +48,8 @@ pub enum StoreMsg {
 
 pub struct InvoicesStore {
     pub pool: PgPool,
+    /// For the hot path (consumed events); `pool` serves the rest.
+    pub connections: Connections,
     pub notifier: OutboxNotifier,
     pub metrics: Metrics,
     pub payment_terms: Duration,
@@ -81,7 +84,7 @@ impl InvoicesStore {
             }
             StoreMsg::ApplyOrderEvents { batch, reply } => {
                 let result =
-                    store::apply_order_events(&self.pool, &batch, self.payment_terms).await;
+                    store::apply_order_events(&self.connections, &batch, self.payment_terms).await;
                 if let Ok(outcomes) = &result {
                     let mut published = false;
                     for (_, effect) in outcomes {

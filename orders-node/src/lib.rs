@@ -57,6 +57,7 @@ impl OrdersNode {
             res.metrics.domain_outcomes("order", &worker::OUTCOMES);
             let store = Arc::new(OrdersStore {
                 pool: res.pool.clone(),
+                connections: res.connections.clone(),
                 notifier: res.notifier.clone(),
                 metrics: res.metrics.clone(),
             });

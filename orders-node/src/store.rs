@@ -5,13 +5,14 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use actors::amqp::{Incoming, Outcome};
+use actors::db::Connections;
 use actors::http::Cursor;
-use actors::outbox::{self, Causation};
+use actors::outbox::{self, Causation, OutboxRows};
 use contracts::{Event, LineItem, OrderCanceled, OrderCreated};
 
 use crate::domain::{CancelDecision, NewOrder, Order, OrderStatus};
@@ -108,10 +109,34 @@ pub struct CreateRequest {
 /// after it. If the group fails for a reason other than an outage, each request is tried
 /// again alone, so one bad row cannot fail its batchmates.
 pub async fn create_many(
-    pool: &PgPool,
+    db: &Connections,
     requests: &[CreateRequest],
 ) -> Vec<Result<Created, StoreError>> {
-    match create_group(pool, requests).await {
+    let mut conn = match db.take().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            let why = e.to_string();
+            return requests
+                .iter()
+                .map(|_| Err(StoreError::Unavailable(why.clone())))
+                .collect();
+        }
+    };
+    let results = create_many_on(&mut conn, requests).await;
+    if !results
+        .iter()
+        .any(|r| matches!(r, Err(StoreError::Unavailable(_) | StoreError::Database(_))))
+    {
+        conn.keep();
+    }
+    results
+}
+
+async fn create_many_on(
+    conn: &mut PgConnection,
+    requests: &[CreateRequest],
+) -> Vec<Result<Created, StoreError>> {
+    match create_group(conn, requests).await {
         Ok(results) => results,
         Err(StoreError::Unavailable(why)) => requests
             .iter()
@@ -123,7 +148,7 @@ pub async fn create_many(
             let mut results = Vec::with_capacity(requests.len());
             for request in requests {
                 results.push(
-                    match create_group(pool, std::slice::from_ref(request)).await {
+                    match create_group(conn, std::slice::from_ref(request)).await {
                         Ok(mut one) => one.pop().unwrap_or(Err(StoreError::Empty)),
                         Err(e) => Err(e),
                     },
@@ -139,12 +164,15 @@ pub async fn create_many(
 /// in-progress state that a crash could strand; the same key twice in one group is "in
 /// flight" for the second.
 async fn create_group(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     requests: &[CreateRequest],
 ) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
+    if requests.iter().all(|r| r.key.is_none()) {
+        return create_without_keys(conn, requests).await;
+    }
     let spans =
         actors::telemetry::batch_spans("INSERT orders", "INSERT", requests.iter().map(|r| &r.span));
-    let mut tx = actors::db::begin_by_key(pool).await?;
+    let mut tx = conn.begin().await?;
     let at = actors::db::now();
     let mut results: Vec<Option<Result<Created, StoreError>>> =
         requests.iter().map(|_| None).collect();
@@ -176,38 +204,17 @@ async fn create_group(
                 continue;
             }
         }
-        let new = &request.order;
-        let order = Order {
-            id: Uuid::now_v7(),
-            customer_id: new.customer_id,
-            currency: new.currency.clone(),
-            items: new.items.clone(),
-            total_cents: new.total_cents(),
-            status: OrderStatus::Pending,
-            invoice_id: None,
-            created_at: at,
-            updated_at: at,
-        };
+        let order = new_order(&request.order, at);
         orders.push((i, order, normalized));
     }
     if !orders.is_empty() {
-        insert_orders(&mut tx, orders.iter().map(|(_, o, _)| o), at).await?;
         let events: Vec<(Event, &Causation)> = orders
             .iter()
-            .map(|(i, order, _)| {
-                let event = Event::OrderCreated(OrderCreated {
-                    event_id: Uuid::now_v7(),
-                    order_id: order.id,
-                    customer_id: order.customer_id,
-                    currency: order.currency.clone(),
-                    items: order.items.clone(),
-                    total_cents: order.total_cents,
-                    created_at: at,
-                });
-                (event, &requests[*i].cause)
-            })
+            .map(|(i, order, _)| (created_event(order), &requests[*i].cause))
             .collect();
-        outbox::enqueue_many(&mut tx, &events).await?;
+        insert_with_events(orders.iter().map(|(_, o, _)| o), &events)
+            .execute(&mut *tx)
+            .await?;
         for (i, order, normalized) in &orders {
             if let Some(key) = requests[*i].key.as_deref() {
                 sqlx::query("INSERT INTO idempotency_keys (key, request, status, response) VALUES ($1, $2, 201, $3)")
@@ -239,36 +246,90 @@ async fn lock_key(tx: &mut PgConnection, key: &str) -> Result<bool, StoreError> 
     )
 }
 
-/// One multi-row INSERT for a group of new orders.
-async fn insert_orders<'a>(
-    tx: &mut PgConnection,
+/// A group without an `Idempotency-Key` (the usual case): the orders and their events in
+/// one statement, which PostgreSQL runs as a transaction of its own — one round trip and
+/// one commit, where `BEGIN`, two inserts and `COMMIT` would be four round trips.
+async fn create_without_keys(
+    conn: &mut PgConnection,
+    requests: &[CreateRequest],
+) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
+    let spans =
+        actors::telemetry::batch_spans("INSERT orders", "INSERT", requests.iter().map(|r| &r.span));
+    let at = actors::db::now();
+    let orders: Vec<Order> = requests.iter().map(|r| new_order(&r.order, at)).collect();
+    let events: Vec<(Event, &Causation)> = orders
+        .iter()
+        .zip(requests)
+        .map(|(order, request)| (created_event(order), &request.cause))
+        .collect();
+    insert_with_events(orders.iter(), &events)
+        .execute(conn)
+        .await?;
+    drop(spans);
+    Ok(orders.into_iter().map(|o| Ok(Created::New(o))).collect())
+}
+
+fn new_order(new: &NewOrder, at: DateTime<Utc>) -> Order {
+    Order {
+        id: Uuid::now_v7(),
+        customer_id: new.customer_id,
+        currency: new.currency.clone(),
+        items: new.items.clone(),
+        total_cents: new.total_cents(),
+        status: OrderStatus::Pending,
+        invoice_id: None,
+        created_at: at,
+        updated_at: at,
+    }
+}
+
+fn created_event(order: &Order) -> Event {
+    Event::OrderCreated(OrderCreated {
+        event_id: Uuid::now_v7(),
+        order_id: order.id,
+        customer_id: order.customer_id,
+        currency: order.currency.clone(),
+        items: order.items.clone(),
+        total_cents: order.total_cents,
+        created_at: order.created_at,
+    })
+}
+
+/// One statement for a group of new orders and their events: the outbox rows in a
+/// data-modifying `WITH`, then one multi-row insert of the orders (all created at the same
+/// moment, the group's).
+fn insert_with_events<'q, 'a>(
     orders: impl Iterator<Item = &'a Order>,
-    at: DateTime<Utc>,
-) -> Result<(), StoreError> {
+    events: &[(Event, &Causation)],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let (mut ids, mut customers, mut currencies, mut items, mut totals) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut at = None;
     for o in orders {
         ids.push(o.id);
         customers.push(o.customer_id);
         currencies.push(o.currency.clone());
         items.push(serde_json::to_string(&o.items).unwrap_or_else(|_| "[]".into()));
         totals.push(o.total_cents);
+        at = Some(o.created_at);
     }
-    sqlx::query(
-        "INSERT INTO orders (id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at)
-         SELECT id, customer_id, currency, items::jsonb, total_cents, 'pending', NULL, $6, $6
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[])
-                AS t(id, customer_id, currency, items, total_cents)",
-    )
-    .bind(&ids)
-    .bind(&customers)
-    .bind(&currencies)
-    .bind(&items)
-    .bind(&totals)
-    .bind(at)
-    .execute(tx)
-    .await?;
-    Ok(())
+    let query = sqlx::query(concat!(
+        "WITH new_events AS (",
+        actors::outbox_insert_from_params_1_to_6!(),
+        ")
+         INSERT INTO orders (id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at)
+         SELECT id, customer_id, currency, items::jsonb, total_cents, 'pending', NULL, $12, $12
+           FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::int8[])
+                AS t(id, customer_id, currency, items, total_cents)"
+    ));
+    OutboxRows::new(events)
+        .bind_first(query)
+        .bind(ids)
+        .bind(customers)
+        .bind(currencies)
+        .bind(items)
+        .bind(totals)
+        .bind(at.unwrap_or_else(actors::db::now))
 }
 
 #[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
@@ -328,7 +389,7 @@ pub async fn cancel(
     reason: Option<String>,
     cause: &Causation,
 ) -> Result<(Order, bool), StoreError> {
-    let mut tx = actors::db::begin_by_key(pool).await?;
+    let mut tx = pool.begin().await?;
     let mut order = lock_order(&mut tx, id).await?.ok_or(StoreError::NotFound)?;
     match order.status.on_cancel() {
         // Release the row lock before answering (see `create`).
@@ -361,28 +422,37 @@ pub async fn cancel(
     Ok((order, true))
 }
 
-/// Applies a batch of `invoice.*` events in one transaction, each exactly once and in the
-/// order given; an order's status only moves forward. An event for an unknown order is
-/// `Invalid` and leaves nothing behind (not even its inbox row). Also returns each order's
-/// new status, for metrics.
+/// Applies a batch of `invoice.*` events, each exactly once and in the order given; an
+/// order's status only moves forward. An event for an unknown order is `Invalid` and
+/// leaves nothing behind (not even its inbox row). Also returns each order's new status,
+/// for metrics. A batch whose events all concern different orders (the steady state) is
+/// one statement; any other runs event by event in one transaction.
 pub async fn apply_invoice_events(
-    pool: &PgPool,
+    db: &Connections,
     batch: &[Incoming],
 ) -> Result<Vec<(Outcome, Option<OrderStatus>)>, StoreError> {
-    let mut tx = actors::db::begin_by_key(pool).await?;
+    let mut conn = db.take().await?;
+    let outcomes = apply_invoice_events_on(&mut conn, batch).await?;
+    conn.keep();
+    Ok(outcomes)
+}
+
+async fn apply_invoice_events_on(
+    conn: &mut PgConnection,
+    batch: &[Incoming],
+) -> Result<Vec<(Outcome, Option<OrderStatus>)>, StoreError> {
     let distinct: HashSet<Uuid> = batch.iter().map(|i| i.event.order_id()).collect();
-    let outcomes = if distinct.len() == batch.len() && batch.len() > 1 {
-        apply_distinct(&mut tx, batch).await?
-    } else {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for incoming in batch {
-            let outcome = apply_invoice_event(&mut tx, &incoming.event)
-                .instrument(incoming.delivered.span.clone())
-                .await?;
-            outcomes.push(outcome);
-        }
-        outcomes
-    };
+    if distinct.len() == batch.len() {
+        return apply_distinct(conn, batch).await;
+    }
+    let mut tx = conn.begin().await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for incoming in batch {
+        let outcome = apply_invoice_event(&mut tx, &incoming.event)
+            .instrument(incoming.delivered.span.clone())
+            .await?;
+        outcomes.push(outcome);
+    }
     tx.commit().await?;
     Ok(outcomes)
 }
@@ -398,10 +468,13 @@ fn invoice_event(event: &Event) -> Option<(Uuid, Uuid)> {
 }
 
 /// A batch whose events all concern different orders: the same rules as
-/// [`apply_invoice_event`], in four statements for the whole batch (lock the orders, record
-/// the inbox, update the orders) instead of three per event.
+/// [`apply_invoice_event`] in one statement, which PostgreSQL runs as a transaction of its
+/// own — one round trip instead of five (`BEGIN`, lock the orders, record the inbox, update
+/// the orders, `COMMIT`). The status rules stay in [`OrderStatus`]: each event carries the
+/// status it leads to from every status, and the statement picks by the order's status
+/// once it holds the order's lock (so a cancel committed meanwhile is seen).
 async fn apply_distinct(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     batch: &[Incoming],
 ) -> Result<Vec<(Outcome, Option<OrderStatus>)>, StoreError> {
     let spans = actors::telemetry::batch_spans(
@@ -409,91 +482,130 @@ async fn apply_distinct(
         "UPDATE",
         batch.iter().map(|i| &i.delivered.span),
     );
-    let mut ids: Vec<Uuid> = batch
-        .iter()
-        .filter_map(|i| invoice_event(&i.event).map(|(order, _)| order))
-        .collect();
-    // One lock order for every batch, so two batches never wait on each other in a cycle.
-    ids.sort();
-    let rows: Vec<OrderRow> = sqlx::query_as(
-        "SELECT id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at
-           FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .bind(&ids)
-    .fetch_all(&mut *tx)
-    .await?;
-    let mut known = std::collections::HashMap::with_capacity(rows.len());
-    for row in rows {
-        let order = Order::try_from(row)?;
-        known.insert(order.id, order);
-    }
-    let (event_ids, types): (Vec<Uuid>, Vec<&str>) = batch
-        .iter()
-        .filter(|i| {
-            invoice_event(&i.event).is_some_and(|(order, _)| known.contains_key(&order))
-                && i.event.contract_breach().is_none()
-        })
-        .map(|i| (i.event.event_id(), i.event.routing_key()))
-        .unzip();
-    let first: HashSet<Uuid> = outbox::first_deliveries(&mut *tx, &event_ids, &types)
-        .await?
-        .into_iter()
-        .collect();
-    let at = actors::db::now();
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let (mut update_ids, mut statuses, mut invoices) = (Vec::new(), Vec::new(), Vec::new());
-    for incoming in batch {
+    let mut outcomes: Vec<Option<(Outcome, Option<OrderStatus>)>> = Vec::with_capacity(batch.len());
+    let mut applicable = Vec::new();
+    for (n, incoming) in batch.iter().enumerate() {
         let event = &incoming.event;
-        let Some((order_id, invoice_id)) = invoice_event(event) else {
-            outcomes.push((
+        outcomes.push(match invoice_event(event) {
+            None => Some((
                 Outcome::Invalid(format!(
                     "{} does not belong on this queue",
                     event.routing_key()
                 )),
                 None,
-            ));
-            continue;
-        };
-        if let Some(reason) = event.contract_breach() {
-            outcomes.push((Outcome::Invalid(reason), None));
-            continue;
-        }
-        let Some(order) = known.get(&order_id) else {
-            outcomes.push((
-                Outcome::Invalid(format!("event for unknown order {order_id}")),
+            )),
+            Some(_) if event.contract_breach().is_some() => Some((
+                Outcome::Invalid(event.contract_breach().unwrap_or_default()),
                 None,
-            ));
-            continue;
-        };
-        if !first.contains(&event.event_id()) {
-            outcomes.push((Outcome::Duplicate, None));
-            continue;
-        }
-        let next = match event {
-            Event::InvoiceIssued(_) => order.status.on_invoice_issued(),
-            Event::InvoicePaid(_) => order.status.on_invoice_paid(),
-            _ => order.status,
-        };
-        update_ids.push(order_id);
-        statuses.push(next.as_str());
-        invoices.push(invoice_id);
-        outcomes.push((Outcome::Applied, (next != order.status).then_some(next)));
+            )),
+            Some((order_id, invoice_id)) => {
+                applicable.push((n, event, order_id, invoice_id));
+                None
+            }
+        });
     }
-    if !update_ids.is_empty() {
-        sqlx::query(
-            "UPDATE orders SET status = u.status, invoice_id = COALESCE(orders.invoice_id, u.invoice_id), updated_at = $4
-               FROM unnest($1::uuid[], $2::text[], $3::uuid[]) AS u(id, status, invoice_id)
-              WHERE orders.id = u.id",
+    if !applicable.is_empty() {
+        let next = |event: &Event, from: OrderStatus| {
+            match event {
+                Event::InvoiceIssued(_) => from.on_invoice_issued(),
+                Event::InvoicePaid(_) => from.on_invoice_paid(),
+                _ => from,
+            }
+            .as_str()
+        };
+        let leads_to = |from: OrderStatus| -> Vec<&str> {
+            applicable
+                .iter()
+                .map(|(_, e, _, _)| next(e, from))
+                .collect()
+        };
+        let rows: Vec<(i64, Option<String>, Option<String>, bool)> = sqlx::query_as(
+            "WITH e AS (
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[],
+                                      $5::text[], $6::text[], $7::text[], $8::text[])
+                          WITH ORDINALITY
+                          AS e(event_id, event_type, order_id, invoice_id,
+                               from_pending, from_invoiced, from_paid, from_canceled, n)
+             ),
+             known AS (
+                 SELECT id, status FROM orders WHERE id = ANY($3) ORDER BY id FOR UPDATE
+             ),
+             fresh AS (
+                 INSERT INTO inbox (event_id, event_type)
+                 SELECT e.event_id, e.event_type FROM e JOIN known ON known.id = e.order_id
+                 ON CONFLICT DO NOTHING
+                 RETURNING event_id
+             ),
+             moved AS (
+                 UPDATE orders o
+                    SET status = CASE o.status WHEN 'pending' THEN e.from_pending
+                                               WHEN 'invoiced' THEN e.from_invoiced
+                                               WHEN 'paid' THEN e.from_paid
+                                               WHEN 'canceled' THEN e.from_canceled
+                                               ELSE o.status END,
+                        invoice_id = COALESCE(o.invoice_id, e.invoice_id),
+                        updated_at = $9
+                   FROM e JOIN fresh ON fresh.event_id = e.event_id
+                  WHERE o.id = e.order_id
+                 RETURNING o.id, o.status
+             )
+             SELECT e.n, known.status, moved.status, fresh.event_id IS NOT NULL
+               FROM e LEFT JOIN known ON known.id = e.order_id
+                      LEFT JOIN fresh ON fresh.event_id = e.event_id
+                      LEFT JOIN moved ON moved.id = e.order_id",
         )
-        .bind(&update_ids)
-        .bind(&statuses)
-        .bind(&invoices)
-        .bind(at)
-        .execute(&mut *tx)
+        .bind(
+            applicable
+                .iter()
+                .map(|a| a.1.event_id())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            applicable
+                .iter()
+                .map(|a| a.1.routing_key())
+                .collect::<Vec<_>>(),
+        )
+        .bind(applicable.iter().map(|a| a.2).collect::<Vec<_>>())
+        .bind(applicable.iter().map(|a| a.3).collect::<Vec<_>>())
+        .bind(leads_to(OrderStatus::Pending))
+        .bind(leads_to(OrderStatus::Invoiced))
+        .bind(leads_to(OrderStatus::Paid))
+        .bind(leads_to(OrderStatus::Canceled))
+        .bind(actors::db::now())
+        .fetch_all(conn)
         .await?;
+        for (n, before, after, first) in rows {
+            let Some(&(i, _, order_id, _)) =
+                usize::try_from(n - 1).ok().and_then(|n| applicable.get(n))
+            else {
+                continue;
+            };
+            outcomes[i] = Some(match (before, first) {
+                (None, _) => (
+                    Outcome::Invalid(format!("event for unknown order {order_id}")),
+                    None,
+                ),
+                (Some(_), false) => (Outcome::Duplicate, None),
+                (Some(before), true) => {
+                    let after = after.as_deref().and_then(OrderStatus::parse);
+                    (Outcome::Applied, after.filter(|a| a.as_str() != before))
+                }
+            });
+        }
     }
     drop(spans);
-    Ok(outcomes)
+    Ok(outcomes
+        .into_iter()
+        .map(|o| {
+            o.unwrap_or_else(|| {
+                (
+                    Outcome::Invalid("the store gave no answer for this event".into()),
+                    None,
+                )
+            })
+        })
+        .collect())
 }
 
 #[tracing::instrument(name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]

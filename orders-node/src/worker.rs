@@ -13,6 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use actors::amqp::{Incoming, Outcome};
+use actors::db::Connections;
 use actors::metrics::Metrics;
 use actors::outbox::Causation;
 use actors::relay::OutboxNotifier;
@@ -50,6 +51,8 @@ pub enum StoreMsg {
 
 pub struct OrdersStore {
     pub pool: PgPool,
+    /// For the hot path (creates and consumed events); `pool` serves the rest.
+    pub connections: Connections,
     pub notifier: OutboxNotifier,
     pub metrics: Metrics,
 }
@@ -70,7 +73,7 @@ impl OrdersStore {
         creates: Vec<(CreateRequest, RpcReplyPort<Result<Created, StoreError>>)>,
     ) {
         let (requests, replies): (Vec<_>, Vec<_>) = creates.into_iter().unzip();
-        let results = store::create_many(&self.pool, &requests).await;
+        let results = store::create_many(&self.connections, &requests).await;
         if results.iter().any(|r| matches!(r, Ok(Created::New(_)))) {
             self.notifier.notify();
         }
@@ -107,7 +110,7 @@ impl OrdersStore {
                 let _ = reply.send(result.map(|(order, _)| order));
             }
             StoreMsg::ApplyInvoiceEvents { batch, reply } => {
-                let result = store::apply_invoice_events(&self.pool, &batch).await;
+                let result = store::apply_invoice_events(&self.connections, &batch).await;
                 if let Ok(outcomes) = &result {
                     for (_, status) in outcomes {
                         match status {
