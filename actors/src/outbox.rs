@@ -125,8 +125,8 @@ impl OutboxRows {
         rows
     }
 
-    /// Binds the six arrays as the query's first six parameters.
-    pub fn bind_first(
+    /// Binds the six arrays as the query's next six parameters (its first six for [`outbox_insert_from_params_1_to_6`]).
+    pub fn bind_next(
         self,
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments> {
@@ -147,7 +147,7 @@ pub async fn enqueue_many(
     events: &[(Event, &Causation)],
 ) -> Result<(), sqlx::Error> {
     OutboxRows::new(events)
-        .bind_first(sqlx::query(outbox_insert_from_params_1_to_6!()))
+        .bind_next(sqlx::query(outbox_insert_from_params_1_to_6!()))
         .execute(conn)
         .await?;
     Ok(())

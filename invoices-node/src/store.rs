@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use tracing::Instrument;
 use uuid::Uuid;
 
 use actors::amqp::{Incoming, Outcome};
 use actors::db::Connections;
 use actors::http::Cursor;
-use actors::outbox::{self, Causation};
+use actors::outbox::{self, Causation, OutboxRows};
 use contracts::{Event, InvoiceIssued, InvoicePaid, InvoiceVoided, OrderCanceled, OrderCreated};
 
 use crate::domain::{self, Invoice, InvoiceStatus, PayDecision};
@@ -208,7 +208,7 @@ async fn apply_order_events_on(
         .collect();
     let distinct: HashSet<Uuid> = creates.iter().map(|e| e.order_id).collect();
     let outcomes =
-        if batch.len() > 1 && creates.len() == batch.len() && distinct.len() == batch.len() {
+        if !batch.is_empty() && creates.len() == batch.len() && distinct.len() == batch.len() {
             issue_distinct(&mut tx, batch, &creates, terms).await?
         } else {
             let mut outcomes = Vec::with_capacity(batch.len());
@@ -226,7 +226,14 @@ async fn apply_order_events_on(
 }
 
 /// A batch of valid `order.created` events for different orders (the steady state): the
-/// same rules as [`issue`], in five statements for the whole batch instead of five per event.
+/// same rules as [`issue`], in two statements for the whole batch. The first takes each
+/// order's lock (in one order for every batch, so two batches never wait on each other in a
+/// cycle) and draws its invoice number; the second, whose snapshot is taken once the locks
+/// are held and so sees any cancel that came first, records the inbox rows, inserts the
+/// invoices (born void after a cancel) and their events. Both versions of each event, issued
+/// and voided, are encoded here and the statement keeps the one that matches the invoice.
+/// An event delivered before draws a number it does not use, a gap in the sequence like a
+/// rolled-back transaction's.
 async fn issue_distinct(
     tx: &mut PgConnection,
     batch: &[Incoming],
@@ -239,130 +246,146 @@ async fn issue_distinct(
         batch.iter().map(|i| &i.delivered.span),
     );
     let mut order_ids: Vec<Uuid> = creates.iter().map(|e| e.order_id).collect();
-    // One lock order for every batch, so two batches never wait on each other in a cycle.
     order_ids.sort();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended(id::text, 0)) FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n) ORDER BY n")
-        .bind(&order_ids)
-        .execute(&mut *tx)
-        .await?;
-    let event_ids: Vec<Uuid> = creates.iter().map(|e| e.event_id).collect();
-    let types = vec![contracts::topology::ORDER_CREATED; creates.len()];
-    let first: HashSet<Uuid> = outbox::first_deliveries(&mut *tx, &event_ids, &types)
-        .await?
-        .into_iter()
-        .collect();
-    let fresh: Vec<&&OrderCreated> = creates
+    let numbers: std::collections::HashMap<Uuid, i64> = sqlx::query_as(
+        "SELECT t.id, nextval('invoice_number_seq')
+           FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)
+          WHERE pg_advisory_xact_lock(hashtextextended(t.id::text, 0)) IS NOT NULL
+          ORDER BY n",
+    )
+    .bind(&order_ids)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let issued_at = actors::db::now();
+    let due_at = domain::due_at(issued_at, terms);
+    let causes: std::collections::HashMap<Uuid, &Causation> = batch
         .iter()
-        .filter(|e| first.contains(&e.event_id))
+        .map(|i| (i.event.event_id(), &i.delivered.cause))
         .collect();
-    let mut effects: std::collections::HashMap<Uuid, Effect> = std::collections::HashMap::new();
-    if !fresh.is_empty() {
-        let fresh_orders: Vec<Uuid> = fresh.iter().map(|e| e.order_id).collect();
-        // Per fresh order, in order: its invoice number's sequence, and whether its cancel
-        // came first (a tombstone).
-        let numbered: Vec<(i64, bool)> = sqlx::query_as(
-            "SELECT nextval('invoice_number_seq'),
-                    EXISTS (SELECT 1 FROM canceled_orders c WHERE c.order_id = t.id)
-               FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)
-              ORDER BY n",
-        )
-        .bind(&fresh_orders)
-        .fetch_all(&mut *tx)
-        .await?;
-        let issued_at = actors::db::now();
-        let due_at = domain::due_at(issued_at, terms);
-        let invoices: Vec<(Uuid, String, &OrderCreated, InvoiceStatus)> = fresh
-            .iter()
-            .zip(&numbered)
-            .map(|(e, (seq, canceled))| {
-                let status = if *canceled {
-                    InvoiceStatus::Void
-                } else {
-                    InvoiceStatus::Issued
-                };
-                (
-                    Uuid::now_v7(),
-                    domain::invoice_number(issued_at, *seq),
-                    **e,
-                    status,
-                )
-            })
-            .collect();
-        let inserted: HashSet<Uuid> = sqlx::query_scalar(
-            "INSERT INTO invoices (id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, voided_at)
-             SELECT id, number, order_id, customer_id, currency, amount_cents, status, $8, $9,
-                    CASE WHEN status = 'void' THEN $8 END
-               FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::int8[], $7::text[])
-                    WITH ORDINALITY AS t(id, number, order_id, customer_id, currency, amount_cents, status, n)
+    let mut invoices = Vec::with_capacity(creates.len());
+    let mut events = Vec::with_capacity(creates.len() * 2);
+    let mut event_statuses = Vec::with_capacity(creates.len() * 2);
+    for e in creates {
+        let id = Uuid::now_v7();
+        let number = domain::invoice_number(
+            issued_at,
+            numbers.get(&e.order_id).copied().unwrap_or_default(),
+        );
+        let cause = causes.get(&e.event_id).copied().unwrap_or(&NO_CAUSE);
+        events.push((
+            Event::InvoiceIssued(InvoiceIssued {
+                event_id: Uuid::now_v7(),
+                invoice_id: id,
+                order_id: e.order_id,
+                number: number.clone(),
+                currency: e.currency.clone(),
+                amount_cents: e.total_cents,
+                issued_at,
+                due_at,
+            }),
+            cause,
+        ));
+        event_statuses.push(InvoiceStatus::Issued.as_str());
+        events.push((
+            Event::InvoiceVoided(InvoiceVoided {
+                event_id: Uuid::now_v7(),
+                invoice_id: id,
+                order_id: e.order_id,
+                voided_at: issued_at,
+            }),
+            cause,
+        ));
+        event_statuses.push(InvoiceStatus::Void.as_str());
+        invoices.push((id, number, *e));
+    }
+    let statement = sqlx::query(
+        "WITH e AS (
+             SELECT * FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::uuid[], $11::uuid[],
+                                  $12::text[], $13::int8[])
+                      WITH ORDINALITY
+                      AS e(event_id, invoice_id, number, order_id, customer_id, currency, amount_cents, n)
+         ),
+         fresh AS (
+             INSERT INTO inbox (event_id, event_type)
+             SELECT event_id, 'order.created' FROM e
+             ON CONFLICT DO NOTHING
+             RETURNING event_id
+         ),
+         issued AS (
+             INSERT INTO invoices (id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, voided_at)
+             SELECT invoice_id, number, order_id, customer_id, currency, amount_cents, status, $15, $16,
+                    CASE WHEN status = 'void' THEN $15 END
+               FROM (SELECT e.*, CASE WHEN EXISTS (SELECT 1 FROM canceled_orders c WHERE c.order_id = e.order_id)
+                                      THEN 'void' ELSE 'issued' END AS status
+                       FROM e JOIN fresh ON fresh.event_id = e.event_id) f
               ORDER BY n
              ON CONFLICT (order_id) DO NOTHING
-             RETURNING order_id",
-        )
+             RETURNING order_id, status
+         ),
+         published AS (
+             INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers)
+             SELECT o.event_id, o.aggregate_id, o.exchange, o.routing_key, o.payload, o.headers::jsonb
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[], $14::text[])
+                    WITH ORDINALITY AS o(event_id, aggregate_id, exchange, routing_key, payload, headers, if_status, n)
+               JOIN issued ON issued.order_id = o.aggregate_id AND issued.status = o.if_status
+              ORDER BY o.n
+         )
+         SELECT e.order_id, fresh.event_id IS NOT NULL, issued.status
+           FROM e LEFT JOIN fresh ON fresh.event_id = e.event_id
+                  LEFT JOIN issued ON issued.order_id = e.order_id",
+    );
+    let rows = OutboxRows::new(&events)
+        .bind_next(statement)
+        .bind(creates.iter().map(|e| e.event_id).collect::<Vec<_>>())
         .bind(invoices.iter().map(|i| i.0).collect::<Vec<_>>())
         .bind(invoices.iter().map(|i| i.1.clone()).collect::<Vec<_>>())
-        .bind(invoices.iter().map(|i| i.2.order_id).collect::<Vec<_>>())
-        .bind(invoices.iter().map(|i| i.2.customer_id).collect::<Vec<_>>())
-        .bind(invoices.iter().map(|i| i.2.currency.clone()).collect::<Vec<_>>())
-        .bind(invoices.iter().map(|i| i.2.total_cents).collect::<Vec<_>>())
-        .bind(invoices.iter().map(|i| i.3.as_str()).collect::<Vec<_>>())
+        .bind(creates.iter().map(|e| e.order_id).collect::<Vec<_>>())
+        .bind(creates.iter().map(|e| e.customer_id).collect::<Vec<_>>())
+        .bind(
+            creates
+                .iter()
+                .map(|e| e.currency.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(creates.iter().map(|e| e.total_cents).collect::<Vec<_>>())
+        .bind(event_statuses)
         .bind(issued_at)
         .bind(due_at)
         .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        let causes: std::collections::HashMap<Uuid, &Causation> = batch
-            .iter()
-            .map(|i| (i.event.event_id(), &i.delivered.cause))
-            .collect();
-        let mut events = Vec::with_capacity(inserted.len());
-        for (id, number, e, status) in &invoices {
-            if !inserted.contains(&e.order_id) {
-                // A second order.created for the same order under another event id.
-                continue;
-            }
-            let event = if *status == InvoiceStatus::Void {
-                effects.insert(e.order_id, Effect::IssuedVoid);
-                Event::InvoiceVoided(InvoiceVoided {
-                    event_id: Uuid::now_v7(),
-                    invoice_id: *id,
-                    order_id: e.order_id,
-                    voided_at: issued_at,
-                })
-            } else {
-                effects.insert(e.order_id, Effect::Issued);
-                Event::InvoiceIssued(InvoiceIssued {
-                    event_id: Uuid::now_v7(),
-                    invoice_id: *id,
-                    order_id: e.order_id,
-                    number: number.clone(),
-                    currency: e.currency.clone(),
-                    amount_cents: e.total_cents,
-                    issued_at,
-                    due_at,
-                })
-            };
-            let cause = causes.get(&e.event_id).copied();
-            events.push((event, cause.cloned().unwrap_or_default()));
-        }
-        let events: Vec<(Event, &Causation)> = events.iter().map(|(e, c)| (e.clone(), c)).collect();
-        outbox::enqueue_many(&mut *tx, &events).await?;
+        .await?;
+    let mut outcomes = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let (order_id, first, status): (Uuid, bool, Option<String>) =
+            (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let outcome = match (first, status.as_deref()) {
+            (false, _) => (Outcome::Duplicate, Effect::Nothing),
+            (true, Some("void")) => (Outcome::Applied, Effect::IssuedVoid),
+            (true, Some(_)) => (Outcome::Applied, Effect::Issued),
+            // A second order.created for the same order under another event id.
+            (true, None) => (Outcome::Applied, Effect::Nothing),
+        };
+        outcomes.insert(order_id, outcome);
     }
     drop(spans);
     Ok(creates
         .iter()
         .map(|e| {
-            if first.contains(&e.event_id) {
-                (
-                    Outcome::Applied,
-                    effects.get(&e.order_id).copied().unwrap_or(Effect::Nothing),
-                )
-            } else {
-                (Outcome::Duplicate, Effect::Nothing)
-            }
+            outcomes.get(&e.order_id).cloned().unwrap_or((
+                Outcome::Invalid("the store gave no answer for this event".into()),
+                Effect::Nothing,
+            ))
         })
         .collect())
 }
+
+/// The cause of an event whose delivery carried none.
+static NO_CAUSE: Causation = Causation {
+    traceparent: None,
+    tracestate: None,
+    request_id: None,
+};
 
 async fn apply_order_event(
     tx: &mut PgConnection,

@@ -323,7 +323,7 @@ fn insert_with_events<'q, 'a>(
                 AS t(id, customer_id, currency, items, total_cents)"
     ));
     OutboxRows::new(events)
-        .bind_first(query)
+        .bind_next(query)
         .bind(ids)
         .bind(customers)
         .bind(currencies)
