@@ -37,6 +37,8 @@ use crate::supervision::ChildHandle;
 pub enum RelayMsg {
     Wake,
     Tick,
+    /// A pass has its rows (or failed before it had them).
+    Selected,
     /// A pass ended: how many rows it took, or why it failed.
     PassDone(Result<usize, String>),
     /// Fault injection (`FAULT_INJECTION=on`): panic, as a bug would.
@@ -94,6 +96,10 @@ pub struct RelayState {
     passes: tokio::task::JoinSet<()>,
     /// Rows may be waiting that no pass has looked for yet.
     dirty: bool,
+    /// Passes started that do not have their rows yet.
+    selecting: usize,
+    /// A wake-up came while passes were selecting: they may or may not see its rows.
+    deferred: bool,
 }
 
 /// What one pass needs, detached from the actor so several can run at once.
@@ -151,6 +157,8 @@ impl Actor for OutboxRelay {
             last_cleanup: now,
             passes: tokio::task::JoinSet::new(),
             dirty: true,
+            selecting: 0,
+            deferred: false,
         })
     }
 
@@ -167,7 +175,7 @@ impl Actor for OutboxRelay {
         if state.failures == 0 {
             let last = async {
                 let pass = pass_of(state).await?;
-                while publish_batch(&pass).await? >= pass.batch_size as usize {}
+                while publish_batch(&pass, || {}).await? >= pass.batch_size as usize {}
                 Ok::<_, RelayError>(())
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), last).await;
@@ -188,7 +196,21 @@ impl Actor for OutboxRelay {
             RelayMsg::Panic => panic!("injected fault: outbox relay panic"),
             RelayMsg::Wake => {
                 state.args.notifier.pending.store(false, Ordering::Release);
-                state.dirty = true;
+                // A pass about to select will see these rows: starting another now would
+                // mostly find nothing (a third of all passes did, three round trips each).
+                // Rows committed while a pass was already selecting are looked for once it
+                // has its rows.
+                if state.selecting > 0 {
+                    state.deferred = true;
+                } else {
+                    state.dirty = true;
+                }
+            }
+            RelayMsg::Selected => {
+                state.selecting = state.selecting.saturating_sub(1);
+                if std::mem::take(&mut state.deferred) {
+                    state.dirty = true;
+                }
             }
             RelayMsg::Tick => {
                 state.dirty = true;
@@ -213,6 +235,8 @@ impl Actor for OutboxRelay {
         }
         // Reap finished passes (their outcome came as PassDone).
         while state.passes.try_join_next().is_some() {}
+        // A pass that ended without saying it selected (it panicked) is not selecting.
+        state.selecting = state.selecting.min(state.passes.len());
         self.start_passes(&myself, state).await;
         Ok(())
     }
@@ -234,8 +258,14 @@ impl OutboxRelay {
                 }
             };
             let me = myself.clone();
+            state.selecting += 1;
             state.passes.spawn(async move {
-                let outcome = publish_batch(&pass).await.map_err(|e| e.to_string());
+                let selected = || {
+                    let _ = me.cast(RelayMsg::Selected);
+                };
+                let outcome = publish_batch(&pass, selected)
+                    .await
+                    .map_err(|e| e.to_string());
                 let _ = me.cast(RelayMsg::PassDone(outcome));
             });
         }
@@ -280,6 +310,33 @@ async fn confirm_channel(state: &mut RelayState) -> Result<Channel, RelayError> 
         .await?;
     state.channel = Some(channel.clone());
     Ok(channel)
+}
+
+/// Begins a pass's transaction and locks its rows.
+async fn take_rows<'c>(
+    conn: &'c mut sqlx::PgConnection,
+    pass: &Pass,
+) -> Result<(sqlx::Transaction<'c, sqlx::Postgres>, Vec<PendingRow>), RelayError> {
+    let mut tx = conn.begin().await?;
+    // A row is taken only if it is its order's oldest pending one (parked and locked rows
+    // still count). Asked as a per-row subquery, that is one probe of the by-order index
+    // per candidate; as `NOT EXISTS`, it became an anti join that the planner, with the
+    // statistics of an almost empty outbox, ran as a full index scan per candidate.
+    let rows: Vec<PendingRow> = sqlx::query_as(
+        "SELECT o.id, o.event_id, o.exchange, o.routing_key, o.payload, o.headers, o.created_at
+           FROM outbox o
+          WHERE o.published_at IS NULL
+            AND o.parked_at IS NULL
+            AND o.id = (SELECT min(e.id) FROM outbox e
+                         WHERE e.aggregate_id = o.aggregate_id AND e.published_at IS NULL)
+          ORDER BY o.id
+          LIMIT $1
+          FOR UPDATE SKIP LOCKED",
+    )
+    .bind(pass.batch_size)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok((tx, rows))
 }
 
 /// The producer span of one publish: a child of the context saved with the outbox row (the
@@ -340,36 +397,32 @@ fn properties(
         .with_headers(header_table(headers))
 }
 
-async fn publish_batch(pass: &Pass) -> Result<usize, RelayError> {
-    let mut conn = pass.connections.take().await?;
-    let outcome = publish_batch_on(&mut conn, pass).await;
+/// Publishes a batch of pending rows; `selected` is called once, as soon as the pass has its
+/// rows or failed before it had them.
+async fn publish_batch(pass: &Pass, selected: impl FnOnce()) -> Result<usize, RelayError> {
+    let mut conn = match pass.connections.take().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            selected();
+            return Err(e.into());
+        }
+    };
+    let outcome = publish_batch_on(&mut conn, pass, selected).await;
     if outcome.is_ok() {
         conn.keep();
     }
     outcome
 }
 
-async fn publish_batch_on(conn: &mut sqlx::PgConnection, pass: &Pass) -> Result<usize, RelayError> {
+async fn publish_batch_on(
+    conn: &mut sqlx::PgConnection,
+    pass: &Pass,
+    selected: impl FnOnce(),
+) -> Result<usize, RelayError> {
     let started = Instant::now();
-    let mut tx = conn.begin().await?;
-    // A row is taken only if it is its order's oldest pending one (parked and locked rows
-    // still count). Asked as a per-row subquery, that is one probe of the by-order index
-    // per candidate; as `NOT EXISTS`, it became an anti join that the planner, with the
-    // statistics of an almost empty outbox, ran as a full index scan per candidate.
-    let rows: Vec<PendingRow> = sqlx::query_as(
-        "SELECT o.id, o.event_id, o.exchange, o.routing_key, o.payload, o.headers, o.created_at
-           FROM outbox o
-          WHERE o.published_at IS NULL
-            AND o.parked_at IS NULL
-            AND o.id = (SELECT min(e.id) FROM outbox e
-                         WHERE e.aggregate_id = o.aggregate_id AND e.published_at IS NULL)
-          ORDER BY o.id
-          LIMIT $1
-          FOR UPDATE SKIP LOCKED",
-    )
-    .bind(pass.batch_size)
-    .fetch_all(&mut *tx)
-    .await?;
+    let taken = take_rows(conn, pass).await;
+    selected();
+    let (mut tx, rows) = taken?;
     if rows.is_empty() {
         tx.commit().await?;
         return Ok(0);
