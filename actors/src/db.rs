@@ -317,3 +317,74 @@ impl std::ops::DerefMut for Held {
         &mut self.conn
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server this machine's tests use (`postgres` database: nothing is created).
+    async fn pool(size: u32) -> PgPool {
+        let url = std::env::var("PG_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        PgPoolOptions::new()
+            .max_connections(size)
+            .connect(&url)
+            .await
+            .expect("the test PostgreSQL answers")
+    }
+
+    async fn backend(conn: &mut PgConnection) -> Result<i32, sqlx::Error> {
+        sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(conn)
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_serves_the_next_transaction_and_a_broken_one_is_not_kept() {
+        let connections = Connections::new(pool(4).await);
+        let mut first = connections.take().await.unwrap();
+        let pid = backend(&mut first).await.unwrap();
+        first.keep();
+        let mut again = connections.take().await.unwrap();
+        assert_eq!(backend(&mut again).await.unwrap(), pid);
+        again.keep();
+
+        // Its session ends while it is kept (a server restart, pg_terminate_backend): the
+        // next statement on it fails, and the caller drops it instead of keeping it.
+        let terminated: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(connections.pool())
+            .await
+            .unwrap();
+        assert!(terminated);
+        let mut broken = connections.take().await.unwrap();
+        assert!(backend(&mut broken).await.is_err());
+        drop(broken);
+        let mut fresh = connections.take().await.unwrap();
+        assert_ne!(backend(&mut fresh).await.unwrap(), pid);
+    }
+
+    #[tokio::test]
+    async fn at_most_all_but_two_of_the_pool_are_kept() {
+        let connections = Connections::new(pool(3).await);
+        let (a, b) = (
+            connections.take().await.unwrap(),
+            connections.take().await.unwrap(),
+        );
+        a.keep();
+        b.keep();
+        assert_eq!(connections.idle().len(), 1);
+        // The pool still has connections for whatever uses it directly.
+        assert!(ping(connections.pool()).await);
+    }
+
+    #[tokio::test]
+    async fn a_connection_kept_idle_for_a_second_goes_back_through_the_pool() {
+        let connections = Connections::new(pool(4).await);
+        connections.take().await.unwrap().keep();
+        tokio::time::sleep(PING_AFTER_IDLE + Duration::from_millis(100)).await;
+        let mut conn = connections.take().await.unwrap();
+        assert!(connections.idle().is_empty());
+        assert!(backend(&mut conn).await.is_ok());
+    }
+}

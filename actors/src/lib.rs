@@ -9,7 +9,7 @@
 //! | [`outbox`] | writing events to the outbox and consumed ids to the inbox, inside a transaction |
 //! | [`http`] | the [`http::HttpIntake`] actor, requests, problem+json, `/health`, `/metrics`, `/actors` |
 //! | [`config`] | environment variables with defaults; one-line errors naming the variable |
-//! | [`db`] | create-if-missing, connect, migrate |
+//! | [`db`] | create-if-missing, connect, migrate; the connections the hot path keeps between transactions |
 //! | [`faults`] | fault injection for drills (`FAULT_INJECTION=on`): make a chosen actor panic |
 //! | [`metrics`] | the Prometheus registry of a node |
 //! | [`telemetry`] | the tracing subscriber |

@@ -597,3 +597,103 @@ async fn events_that_break_the_contract_are_dead_lettered_with_the_reason_and_ne
     }
     node.shutdown().await;
 }
+
+/// A batch of `order.created` events for different orders is two statements; each event
+/// still gets its own outcome, and each order's outbox holds exactly the event that matches
+/// its invoice.
+#[tokio::test]
+async fn a_batch_of_creates_gives_each_event_its_own_outcome_and_event() {
+    use actors::amqp::{Delivered, Incoming, Outcome};
+    use invoices_node::store::{Effect, apply_order_events};
+
+    let env = TestEnv::new();
+    // Published rows are kept, so that every event written can be read back below.
+    let (node, _c) = spawn_invoices(&env, &[("OUTBOX_RETENTION", "1h")]).await;
+    let db = env.pg(&env.database("invoices")).await;
+    let connections = actors::db::Connections::new(db.clone());
+    let incoming = |event: &Event| Incoming {
+        event: event.clone(),
+        delivered: Delivered {
+            cause: Default::default(),
+            redelivered: false,
+            span: tracing::Span::none(),
+        },
+    };
+    let terms = Duration::from_secs(30 * 86_400);
+    let (seen, canceled, twice, fresh) = (
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+    );
+    let seen_before = order_created(seen);
+    let before = [
+        seen_before.clone(),
+        order_canceled(canceled),
+        order_created(twice),
+    ];
+    for event in &before {
+        apply_order_events(&connections, &[incoming(event)], terms)
+            .await
+            .unwrap();
+    }
+
+    let batch = [
+        order_created(fresh),
+        seen_before,
+        order_created(canceled),
+        // Another event id for an order that has its invoice already.
+        order_created(twice),
+    ];
+    let outcomes = apply_order_events(
+        &connections,
+        &batch.iter().map(incoming).collect::<Vec<_>>(),
+        terms,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        outcomes,
+        vec![
+            (Outcome::Applied, Effect::Issued),
+            (Outcome::Duplicate, Effect::Nothing),
+            (Outcome::Applied, Effect::IssuedVoid),
+            (Outcome::Applied, Effect::Nothing),
+        ]
+    );
+    let invoices: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT order_id, status FROM invoices ORDER BY order_id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let mut expected = vec![
+        (seen, "issued".to_owned()),
+        (canceled, "void".to_owned()),
+        (twice, "issued".to_owned()),
+        (fresh, "issued".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(invoices, expected);
+    // One event per invoice, the one matching its status; numbers never repeat.
+    let events: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT aggregate_id, routing_key FROM outbox ORDER BY aggregate_id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let mut expected_events = vec![
+        (seen, "invoice.issued".to_owned()),
+        (canceled, "invoice.voided".to_owned()),
+        (twice, "invoice.issued".to_owned()),
+        (fresh, "invoice.issued".to_owned()),
+    ];
+    expected_events.sort();
+    assert_eq!(events, expected_events);
+    let numbers: i64 = sqlx::query_scalar("SELECT count(DISTINCT number) FROM invoices")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(numbers, 4);
+    drop(connections);
+    db.close().await;
+    node.shutdown().await;
+}

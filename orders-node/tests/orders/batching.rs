@@ -76,3 +76,109 @@ async fn a_failing_row_in_a_group_fails_alone_and_its_batchmates_commit_once() {
     db.close().await;
     node.shutdown().await;
 }
+
+/// A batch of `invoice.*` events for different orders is one statement; each event still
+/// gets its own outcome, and only the fresh ones for known orders change anything.
+#[tokio::test]
+async fn a_batch_of_invoice_events_gives_each_event_its_own_outcome() {
+    use actors::amqp::{Delivered, Incoming, Outcome};
+    use contracts::{Event, InvoiceIssued, InvoicePaid};
+    use orders_node::domain::OrderStatus;
+
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[]).await;
+    let db = env.pg(&env.database("orders")).await;
+    let id =
+        |order: serde_json::Value| -> uuid::Uuid { order["id"].as_str().unwrap().parse().unwrap() };
+    let (pending, canceled, invoiced) = (
+        id(create_order(&c).await),
+        id(create_order(&c).await),
+        id(create_order(&c).await),
+    );
+    assert_eq!(
+        c.post_empty(&format!("/orders/{canceled}/cancel"))
+            .await
+            .status,
+        200
+    );
+    let now = chrono::Utc::now();
+    let issued = |order_id| {
+        Event::InvoiceIssued(InvoiceIssued {
+            event_id: uuid::Uuid::new_v4(),
+            invoice_id: uuid::Uuid::new_v4(),
+            order_id,
+            number: "INV-2026-000001".into(),
+            currency: "BRL".into(),
+            amount_cents: 3000,
+            issued_at: now,
+            due_at: now,
+        })
+    };
+    let incoming = |event: &Event| Incoming {
+        event: event.clone(),
+        delivered: Delivered {
+            cause: Default::default(),
+            redelivered: false,
+            span: tracing::Span::none(),
+        },
+    };
+    let connections = actors::db::Connections::new(db.clone());
+    let seen_before = issued(invoiced);
+    let first = orders_node::store::apply_invoice_events(&connections, &[incoming(&seen_before)])
+        .await
+        .unwrap();
+    assert_eq!(first, vec![(Outcome::Applied, Some(OrderStatus::Invoiced))]);
+
+    let unknown = uuid::Uuid::new_v4();
+    let batch = [
+        issued(pending),
+        issued(canceled),
+        seen_before.clone(),
+        issued(unknown),
+        Event::InvoicePaid(InvoicePaid {
+            event_id: uuid::Uuid::new_v4(),
+            invoice_id: uuid::Uuid::new_v4(),
+            order_id: uuid::Uuid::new_v4(),
+            paid_at: now,
+        }),
+    ];
+    let outcomes = orders_node::store::apply_invoice_events(
+        &connections,
+        &batch.iter().map(incoming).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes[0], (Outcome::Applied, Some(OrderStatus::Invoiced)));
+    // Canceled is terminal: applied (the invoice id is recorded), the status stays.
+    assert_eq!(outcomes[1], (Outcome::Applied, None));
+    assert_eq!(outcomes[2], (Outcome::Duplicate, None));
+    for (n, unknown) in [(3, unknown), (4, batch[4].order_id())] {
+        assert_eq!(
+            outcomes[n],
+            (
+                Outcome::Invalid(format!("event for unknown order {unknown}")),
+                None
+            )
+        );
+    }
+    let statuses: Vec<(uuid::Uuid, String, Option<uuid::Uuid>)> =
+        sqlx::query_as("SELECT id, status, invoice_id FROM orders ORDER BY id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let status_of = |order| statuses.iter().find(|s| s.0 == order).unwrap();
+    assert_eq!(status_of(pending).1, "invoiced");
+    assert_eq!(status_of(canceled).1, "canceled");
+    assert!(status_of(canceled).2.is_some());
+    assert_eq!(status_of(invoiced).1, "invoiced");
+    // Inbox rows: the two events of the first call and of this batch that were applied;
+    // nothing for the unknown orders, nothing twice.
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(inbox, 3);
+    drop(connections);
+    db.close().await;
+    node.shutdown().await;
+}
