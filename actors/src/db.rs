@@ -342,11 +342,11 @@ mod tests {
     #[tokio::test]
     async fn a_kept_connection_serves_the_next_transaction_and_a_broken_one_is_not_kept() {
         let connections = Connections::new(pool(4).await);
-        let mut first = connections.take().await.unwrap();
-        let pid = backend(&mut first).await.unwrap();
+        let mut first = connections.take().await.expect("a connection");
+        let pid = backend(&mut first).await.expect("a backend pid");
         first.keep();
-        let mut again = connections.take().await.unwrap();
-        assert_eq!(backend(&mut again).await.unwrap(), pid);
+        let mut again = connections.take().await.expect("a connection");
+        assert_eq!(backend(&mut again).await.expect("a backend pid"), pid);
         again.keep();
 
         // Its session ends while it is kept (a server restart, pg_terminate_backend): the
@@ -355,21 +355,21 @@ mod tests {
             .bind(pid)
             .fetch_one(connections.pool())
             .await
-            .unwrap();
+            .expect("pg_terminate_backend answers");
         assert!(terminated);
-        let mut broken = connections.take().await.unwrap();
+        let mut broken = connections.take().await.expect("a connection");
         assert!(backend(&mut broken).await.is_err());
         drop(broken);
-        let mut fresh = connections.take().await.unwrap();
-        assert_ne!(backend(&mut fresh).await.unwrap(), pid);
+        let mut fresh = connections.take().await.expect("a connection");
+        assert_ne!(backend(&mut fresh).await.expect("a backend pid"), pid);
     }
 
     #[tokio::test]
     async fn at_most_all_but_two_of_the_pool_are_kept() {
         let connections = Connections::new(pool(3).await);
         let (a, b) = (
-            connections.take().await.unwrap(),
-            connections.take().await.unwrap(),
+            connections.take().await.expect("a connection"),
+            connections.take().await.expect("a connection"),
         );
         a.keep();
         b.keep();
@@ -381,9 +381,9 @@ mod tests {
     #[tokio::test]
     async fn a_connection_kept_idle_for_a_second_goes_back_through_the_pool() {
         let connections = Connections::new(pool(4).await);
-        connections.take().await.unwrap().keep();
+        connections.take().await.expect("a connection").keep();
         tokio::time::sleep(PING_AFTER_IDLE + Duration::from_millis(100)).await;
-        let mut conn = connections.take().await.unwrap();
+        let mut conn = connections.take().await.expect("a connection");
         assert!(connections.idle().is_empty());
         assert!(backend(&mut conn).await.is_ok());
     }
