@@ -603,22 +603,15 @@ async fn events_that_break_the_contract_are_dead_lettered_with_the_reason_and_ne
 /// its invoice.
 #[tokio::test]
 async fn a_batch_of_creates_gives_each_event_its_own_outcome_and_event() {
-    use actors::amqp::{Delivered, Incoming, Outcome};
+    use actors::amqp::Outcome;
     use invoices_node::store::{Effect, apply_order_events};
+    use testkit::incoming;
 
     let env = TestEnv::new();
     // Published rows are kept, so that every event written can be read back below.
     let (node, _c) = spawn_invoices(&env, &[("OUTBOX_RETENTION", "1h")]).await;
     let db = env.pg(&env.database("invoices")).await;
     let connections = actors::db::Connections::new(db.clone());
-    let incoming = |event: &Event| Incoming {
-        event: event.clone(),
-        delivered: Delivered {
-            cause: Default::default(),
-            redelivered: false,
-            span: tracing::Span::none(),
-        },
-    };
     let terms = Duration::from_secs(30 * 86_400);
     let (seen, canceled, twice, fresh) = (
         Uuid::new_v4(),

@@ -534,6 +534,18 @@ pub const CRAFTED_CURSORS: [&str; 2] = [
     "c1fa72ea1e89d8000000000000000000000000000000000000",
 ];
 
+/// `event` as a store receives it from the consumer: a first delivery, no cause, no span.
+pub fn incoming(event: &contracts::Event) -> actors::amqp::Incoming {
+    actors::amqp::Incoming {
+        event: event.clone(),
+        delivered: actors::amqp::Delivered {
+            cause: Default::default(),
+            redelivered: false,
+            span: tracing::Span::none(),
+        },
+    }
+}
+
 /// A valid order body.
 pub fn order_body() -> Value {
     serde_json::json!({

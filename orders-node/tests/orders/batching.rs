@@ -81,9 +81,10 @@ async fn a_failing_row_in_a_group_fails_alone_and_its_batchmates_commit_once() {
 /// gets its own outcome, and only the fresh ones for known orders change anything.
 #[tokio::test]
 async fn a_batch_of_invoice_events_gives_each_event_its_own_outcome() {
-    use actors::amqp::{Delivered, Incoming, Outcome};
-    use contracts::{Event, InvoiceIssued, InvoicePaid};
+    use actors::amqp::Outcome;
+    use contracts::{Event, InvoicePaid};
     use orders_node::domain::OrderStatus;
+    use testkit::incoming;
 
     let env = TestEnv::new();
     let (node, c) = spawn_orders(&env, &[]).await;
@@ -102,26 +103,7 @@ async fn a_batch_of_invoice_events_gives_each_event_its_own_outcome() {
         200
     );
     let now = chrono::Utc::now();
-    let issued = |order_id| {
-        Event::InvoiceIssued(InvoiceIssued {
-            event_id: uuid::Uuid::new_v4(),
-            invoice_id: uuid::Uuid::new_v4(),
-            order_id,
-            number: "INV-2026-000001".into(),
-            currency: "BRL".into(),
-            amount_cents: 3000,
-            issued_at: now,
-            due_at: now,
-        })
-    };
-    let incoming = |event: &Event| Incoming {
-        event: event.clone(),
-        delivered: Delivered {
-            cause: Default::default(),
-            redelivered: false,
-            span: tracing::Span::none(),
-        },
-    };
+    let issued = |order_id| crate::events::issued(order_id, uuid::Uuid::new_v4());
     let connections = actors::db::Connections::new(db.clone());
     let seen_before = issued(invoiced);
     let first = orders_node::store::apply_invoice_events(&connections, &[incoming(&seen_before)])

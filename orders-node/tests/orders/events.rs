@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{create_order, spawn_orders};
 
-fn issued(order_id: Uuid, invoice_id: Uuid) -> Event {
+pub(crate) fn issued(order_id: Uuid, invoice_id: Uuid) -> Event {
     let now = Utc::now();
     Event::InvoiceIssued(InvoiceIssued {
         event_id: Uuid::new_v4(),
