@@ -175,7 +175,9 @@ impl Actor for OutboxRelay {
         if state.failures == 0 {
             let last = async {
                 let pass = pass_of(state).await?;
-                while publish_batch(&pass, || {}).await? >= pass.batch_size as usize {}
+                while publish_batch(&pass, SelectedSignal(None)).await? >= pass.batch_size as usize
+                {
+                }
                 Ok::<_, RelayError>(())
             };
             let _ = tokio::time::timeout(Duration::from_secs(5), last).await;
@@ -235,8 +237,6 @@ impl Actor for OutboxRelay {
         }
         // Reap finished passes (their outcome came as PassDone).
         while state.passes.try_join_next().is_some() {}
-        // A pass that ended without saying it selected (it panicked) is not selecting.
-        state.selecting = state.selecting.min(state.passes.len());
         self.start_passes(&myself, state).await;
         Ok(())
     }
@@ -259,10 +259,8 @@ impl OutboxRelay {
             };
             let me = myself.clone();
             state.selecting += 1;
+            let selected = SelectedSignal(Some(me.clone()));
             state.passes.spawn(async move {
-                let selected = || {
-                    let _ = me.cast(RelayMsg::Selected);
-                };
                 let outcome = publish_batch(&pass, selected)
                     .await
                     .map_err(|e| e.to_string());
@@ -397,16 +395,22 @@ fn properties(
         .with_headers(header_table(headers))
 }
 
-/// Publishes a batch of pending rows; `selected` is called once, as soon as the pass has its
-/// rows or failed before it had them.
-async fn publish_batch(pass: &Pass, selected: impl FnOnce()) -> Result<usize, RelayError> {
-    let mut conn = match pass.connections.take().await {
-        Ok(conn) => conn,
-        Err(e) => {
-            selected();
-            return Err(e.into());
+/// Tells the relay that a pass has its rows when dropped: right after the pass selected
+/// them, or on any earlier exit (an error, a panic, an aborted pass), so the relay's count
+/// of selecting passes never strands a wake-up.
+struct SelectedSignal(Option<ActorRef<RelayMsg>>);
+
+impl Drop for SelectedSignal {
+    fn drop(&mut self) {
+        if let Some(relay) = self.0.take() {
+            let _ = relay.cast(RelayMsg::Selected);
         }
-    };
+    }
+}
+
+/// Publishes a batch of pending rows; `selected` is dropped as soon as the pass has them.
+async fn publish_batch(pass: &Pass, selected: SelectedSignal) -> Result<usize, RelayError> {
+    let mut conn = pass.connections.take().await?;
     let outcome = publish_batch_on(&mut conn, pass, selected).await;
     if outcome.is_ok() {
         conn.keep();
@@ -417,11 +421,11 @@ async fn publish_batch(pass: &Pass, selected: impl FnOnce()) -> Result<usize, Re
 async fn publish_batch_on(
     conn: &mut sqlx::PgConnection,
     pass: &Pass,
-    selected: impl FnOnce(),
+    selected: SelectedSignal,
 ) -> Result<usize, RelayError> {
     let started = Instant::now();
     let taken = take_rows(conn, pass).await;
-    selected();
+    drop(selected);
     let (mut tx, rows) = taken?;
     if rows.is_empty() {
         tx.commit().await?;

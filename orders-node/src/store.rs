@@ -457,6 +457,15 @@ async fn apply_invoice_events_on(
     Ok(outcomes)
 }
 
+/// An order's status after an `invoice.*` event, from `from` (forward only).
+fn status_after(event: &Event, from: OrderStatus) -> OrderStatus {
+    match event {
+        Event::InvoiceIssued(_) => from.on_invoice_issued(),
+        Event::InvoicePaid(_) => from.on_invoice_paid(),
+        _ => from,
+    }
+}
+
 /// The invoice fields of an event of this queue; `None` for any other event.
 fn invoice_event(event: &Event) -> Option<(Uuid, Uuid)> {
     match event {
@@ -486,37 +495,26 @@ async fn apply_distinct(
     let mut applicable = Vec::new();
     for (n, incoming) in batch.iter().enumerate() {
         let event = &incoming.event;
-        outcomes.push(match invoice_event(event) {
-            None => Some((
+        outcomes.push(match (invoice_event(event), event.contract_breach()) {
+            (None, _) => Some((
                 Outcome::Invalid(format!(
                     "{} does not belong on this queue",
                     event.routing_key()
                 )),
                 None,
             )),
-            Some(_) if event.contract_breach().is_some() => Some((
-                Outcome::Invalid(event.contract_breach().unwrap_or_default()),
-                None,
-            )),
-            Some((order_id, invoice_id)) => {
+            (Some(_), Some(reason)) => Some((Outcome::Invalid(reason), None)),
+            (Some((order_id, invoice_id)), None) => {
                 applicable.push((n, event, order_id, invoice_id));
                 None
             }
         });
     }
     if !applicable.is_empty() {
-        let next = |event: &Event, from: OrderStatus| {
-            match event {
-                Event::InvoiceIssued(_) => from.on_invoice_issued(),
-                Event::InvoicePaid(_) => from.on_invoice_paid(),
-                _ => from,
-            }
-            .as_str()
-        };
         let leads_to = |from: OrderStatus| -> Vec<&str> {
             applicable
                 .iter()
-                .map(|(_, e, _, _)| next(e, from))
+                .map(|(_, e, _, _)| status_after(e, from).as_str())
                 .collect()
         };
         let rows: Vec<(i64, Option<String>, Option<String>, bool)> = sqlx::query_as(
@@ -634,11 +632,7 @@ async fn apply_invoice_event(
     if !outbox::first_delivery(&mut *tx, event.event_id(), event.routing_key()).await? {
         return Ok((Outcome::Duplicate, None));
     }
-    let next = match event {
-        Event::InvoiceIssued(_) => order.status.on_invoice_issued(),
-        Event::InvoicePaid(_) => order.status.on_invoice_paid(),
-        _ => order.status,
-    };
+    let next = status_after(event, order.status);
     sqlx::query("UPDATE orders SET status = $2, invoice_id = COALESCE(invoice_id, $3), updated_at = $4 WHERE id = $1")
         .bind(order_id)
         .bind(next.as_str())
