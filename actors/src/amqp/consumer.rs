@@ -5,11 +5,12 @@
 //! Takes: `Subscribe` (sent to itself on start and after the stream ends) and
 //! `StreamEnded`.
 //!
-//! Deliveries are spread over `lanes` by order id: one order's events always go to the
-//! same lane and are handled in the order they were delivered (a cancel delivered before
-//! its create is handled first), while different orders are handled concurrently. Each lane
-//! hands the node everything that waits in it (up to `batch_size`) as one batch, which the
-//! node applies in one transaction; every delivery is acknowledged only after that commit,
+//! Deliveries wait in one queue (`dispatch`) that `lanes` take from: an idle lane takes
+//! everything waiting (up to `batch_size`) except the events of orders another lane holds,
+//! so one order's events are handled in the order they were delivered (a cancel delivered
+//! before its create is handled first) while different orders are handled concurrently,
+//! and no delivery waits while a lane is free. The node applies a lane's batch in one
+//! transaction; every delivery is acknowledged only after that commit,
 //! through the channel's acknowledgement window (`acks`), which covers many deliveries of
 //! many lanes with one frame.
 //!
@@ -38,13 +39,14 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use contracts::Event;
 use contracts::topology::{self, ConsumedQueue};
 
 use super::acks::Acks;
+use super::dispatch::Dispatch;
 use super::link::{LinkMsg, open_channel};
 use crate::metrics::Metrics;
 use crate::outbox::Causation;
@@ -279,12 +281,6 @@ struct Item {
     received: Instant,
 }
 
-/// Which lane an order's events go to.
-fn lane_of(event: &Event, lanes: usize) -> usize {
-    let (_, low) = event.order_id().as_u64_pair();
-    (low % lanes.max(1) as u64) as usize
-}
-
 /// Reads deliveries until the stream ends or `stop` is raised; returns why it ended and
 /// whether that was a failure of this actor (a lane panicked).
 async fn run_stream(
@@ -294,11 +290,9 @@ async fn run_stream(
 ) -> (String, bool) {
     let (acks, acks_task) = Acks::start(args.input.queue);
     let mut lanes = JoinSet::new();
-    let mut senders = Vec::with_capacity(args.lanes);
+    let dispatch = Dispatch::new();
     for _ in 0..args.lanes.max(1) {
-        let (tx, rx) = mpsc::unbounded_channel::<Item>();
-        senders.push(tx);
-        lanes.spawn(run_lane(args.clone(), rx, stop.clone()));
+        lanes.spawn(run_lane(args.clone(), dispatch.clone(), stop.clone()));
     }
     let (reason, fatal) = loop {
         tokio::select! {
@@ -310,9 +304,7 @@ async fn run_stream(
                 Some(Ok(delivery)) => {
                     acks.hold(delivery.delivery_tag);
                     if let Some(item) = admit(&args, &channel, &acks, delivery).await {
-                        let lane = lane_of(&item.event, senders.len());
-                        // A lane only goes away by panicking, which the join below reports.
-                        let _ = senders[lane].send(item);
+                        dispatch.push(item.event.order_id(), item);
                     }
                 }
                 Some(Err(e)) => break (e.to_string(), false),
@@ -329,7 +321,7 @@ async fn run_stream(
     };
     // Lanes finish what they hold (within the grace period), then the channel closes and
     // the broker requeues whatever is still unacknowledged.
-    drop(senders);
+    dispatch.close();
     let drain = async { while lanes.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(args.shutdown_grace, drain).await;
     lanes.abort_all();
@@ -458,15 +450,15 @@ async fn admit(
     })
 }
 
-/// One lane: takes what waits in it as a batch, applies it, settles each delivery.
+/// One lane: takes what waits (and no other lane's orders) as a batch, applies it, settles
+/// each delivery. The orders it took stay its own until the batch is settled.
 async fn run_lane(
     args: Arc<ConsumerArgs>,
-    mut rx: mpsc::UnboundedReceiver<Item>,
+    dispatch: Dispatch<uuid::Uuid, Item>,
     stop: watch::Receiver<bool>,
 ) {
-    let mut batch = Vec::with_capacity(args.batch_size);
-    while rx.recv_many(&mut batch, args.batch_size.max(1)).await > 0 {
-        let items = std::mem::take(&mut batch);
+    while let Some(mut taken) = dispatch.take(args.batch_size).await {
+        let items = std::mem::take(&mut taken.items);
         if items.len() == 1 {
             handle_alone(&args, items, &stop).await;
         } else {

@@ -1,8 +1,10 @@
 //! RabbitMQ: the [`link`] actor owns the connection; [`consumer`] bridges deliveries into
-//! actor messages (and `acks` acknowledges them in as few frames as it may); [`topology`] declares the contract's exchanges and queues.
+//! actor messages (`dispatch` hands them to its lanes, and `acks` acknowledges them in as
+//! few frames as it may); [`topology`] declares the contract's exchanges and queues.
 
 mod acks;
 pub mod consumer;
+mod dispatch;
 pub mod link;
 pub mod topology;
 
