@@ -42,7 +42,7 @@ struct State<K, T> {
 /// What a lane took; its keys are free again when it is dropped.
 pub struct Taken<K: Hash + Eq + Copy, T> {
     pub items: Vec<T>,
-    keys: Vec<K>,
+    keys: HashSet<K>,
     shared: Arc<Shared<K, T>>,
 }
 
@@ -119,7 +119,7 @@ impl<K: Hash + Eq + Copy, T> Dispatch<K, T> {
 
     fn take_from(&self, state: &mut State<K, T>, max: usize) -> Option<Taken<K, T>> {
         let mut items = Vec::new();
-        let mut keys: Vec<K> = Vec::new();
+        let mut keys: HashSet<K> = HashSet::new();
         // A key passed over stays passed over for the rest of this scan, so a later item
         // of it never goes before an earlier one.
         let mut passed: HashSet<K> = HashSet::new();
@@ -127,9 +127,7 @@ impl<K: Hash + Eq + Copy, T> Dispatch<K, T> {
         while let Some((key, item)) = state.waiting.pop_front() {
             let ours = keys.contains(&key);
             if items.len() < max && !passed.contains(&key) && (ours || !state.busy.contains(&key)) {
-                if !ours {
-                    keys.push(key);
-                }
+                keys.insert(key);
                 items.push(item);
             } else {
                 passed.insert(key);
