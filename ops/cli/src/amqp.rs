@@ -25,6 +25,18 @@ impl Broker {
     pub async fn connect(url: &str) -> Result<Self, OpsError> {
         let props = ConnectionProperties::default().with_connection_name("ops".into());
         let connection = Connection::connect(url, props).await?;
+        // lapin reports a failed connection on the next call only as its state ("invalid
+        // connection state: Error"); the cause comes as an event. Print it, so that a
+        // drill whose own connection fails says why.
+        let mut events = connection.events_listener();
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                if let lapin::Event::Error(e) = event {
+                    eprintln!("[ops] the broker connection failed: {e}");
+                    return;
+                }
+            }
+        });
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -40,9 +52,8 @@ impl Broker {
     pub async fn ready_count(&self, queue: &str) -> Result<u32, OpsError> {
         if !self.connection.status().connected() {
             // The tool's own connection failed under it (seen once in a CI drill, cause
-            // not found yet: it showed only as "invalid connection state: Error" on the
-            // next call). Counting needs no state of this connection: say so and count
-            // on a new one.
+            // not found yet; the listener in `connect` now prints it). Counting needs no
+            // state of this connection: say so and count on a new one.
             eprintln!("[ops] the broker connection is down; counting {queue} on a new connection");
             let fresh = Broker::connect(&self.url).await?;
             let count = Box::pin(fresh.ready_count(queue)).await;
