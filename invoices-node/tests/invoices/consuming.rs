@@ -690,3 +690,60 @@ async fn a_batch_of_creates_gives_each_event_its_own_outcome_and_event() {
     db.close().await;
     node.shutdown().await;
 }
+
+/// Lanes take any waiting delivery, but never one of an order another lane holds: with one
+/// event per batch, a cancel and the create right behind it would otherwise go to two lanes
+/// at once and the create could win. Every order canceled before it was created must be
+/// born void (no `invoice.issued` for it, ever), and the plain orders around them are issued.
+#[tokio::test]
+async fn each_orders_events_keep_their_order_while_lanes_share_the_work() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let mut issued_events = amqp
+        .watch(topology::INVOICES_EXCHANGE, "invoice.issued")
+        .await;
+    let (node, c) = spawn_invoices(
+        &env,
+        &[("CONSUMER_BATCH_SIZE", "1"), ("CONSUMER_LANES", "4")],
+    )
+    .await;
+
+    let late: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
+    let plain: Vec<Uuid> = (0..30).map(|_| Uuid::new_v4()).collect();
+    for (l, p) in late.iter().zip(&plain) {
+        amqp.publish_event(&order_canceled(*l)).await;
+        amqp.publish_event(&order_created(*l)).await;
+        amqp.publish_event(&order_created(*p)).await;
+    }
+
+    let mut issued = std::collections::HashSet::new();
+    while !plain.iter().all(|p| issued.contains(p)) {
+        let d = tokio::time::timeout(Duration::from_secs(20), issued_events.recv())
+            .await
+            .expect("every plain order is issued")
+            .expect("the watch is open");
+        let Event::InvoiceIssued(e) = contracts::decode("invoice.issued", &d.data).unwrap() else {
+            panic!("not an invoice.issued")
+        };
+        assert!(
+            !late.contains(&e.order_id),
+            "{} was issued before its cancel applied",
+            e.order_id
+        );
+        issued.insert(e.order_id);
+    }
+    for l in &late {
+        let inv = eventually("born void", Duration::from_secs(10), || async {
+            invoices_of(&c, *l).await.pop()
+        })
+        .await;
+        assert_eq!(inv["status"], "void", "{l}");
+    }
+    while let Ok(d) = issued_events.try_recv() {
+        let Event::InvoiceIssued(e) = contracts::decode("invoice.issued", &d.data).unwrap() else {
+            panic!("not an invoice.issued")
+        };
+        assert!(!late.contains(&e.order_id), "{} was issued", e.order_id);
+    }
+    node.shutdown().await;
+}
