@@ -23,10 +23,10 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
-/// The outbox and inbox tables, shared by both nodes.
 /// How long a pooled connection may sit idle before it is checked before use.
 const PING_AFTER_IDLE: Duration = Duration::from_secs(1);
 
+/// The outbox and inbox tables, shared by both nodes.
 fn shared_migrator() -> Migrator {
     sqlx::migrate!("./migrations")
 }
@@ -44,16 +44,16 @@ pub async fn connect_and_migrate(
     let pool = PgPoolOptions::new()
         .max_connections(pool_size)
         .acquire_timeout(Duration::from_secs(5))
-        // sqlx pings every connection it hands out: a round trip per transaction, a sixth
-        // of all round trips under load. A connection used less than a second ago is
-        // handed out as it is; if its session was terminated since, the statement fails
-        // as "unavailable" like any other outage and its caller retries or answers 503.
         .after_connect(|conn, _meta| {
             Box::pin(async move {
                 sqlx::raw_sql(KEY_LOOKUPS_ONLY).execute(conn).await?;
                 Ok(())
             })
         })
+        // sqlx pings every connection it hands out: a round trip per transaction, a sixth
+        // of all round trips under load. A connection used less than a second ago is
+        // handed out as it is; if its session was terminated since, the statement fails
+        // as "unavailable" like any other outage and its caller retries or answers 503.
         .test_before_acquire(false)
         .before_acquire(|conn, meta| {
             Box::pin(async move {
@@ -274,6 +274,20 @@ impl Connections {
         }
         let conn = self.pool.acquire().await?;
         Ok(self.held(conn))
+    }
+
+    /// Runs `work` on a connection from [`Connections::take`] and keeps the connection for
+    /// the next transaction only if `work` succeeded.
+    pub async fn run<T, E: From<sqlx::Error>>(
+        &self,
+        work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.take().await?;
+        let outcome = work(&mut conn).await;
+        if outcome.is_ok() {
+            conn.keep();
+        }
+        outcome
     }
 
     fn held(&self, conn: PoolConnection<Postgres>) -> Held {

@@ -410,12 +410,9 @@ impl Drop for SelectedSignal {
 
 /// Publishes a batch of pending rows; `selected` is dropped as soon as the pass has them.
 async fn publish_batch(pass: &Pass, selected: SelectedSignal) -> Result<usize, RelayError> {
-    let mut conn = pass.connections.take().await?;
-    let outcome = publish_batch_on(&mut conn, pass, selected).await;
-    if outcome.is_ok() {
-        conn.keep();
-    }
-    outcome
+    pass.connections
+        .run(async |conn| publish_batch_on(conn, pass, selected).await)
+        .await
 }
 
 async fn publish_batch_on(

@@ -187,10 +187,8 @@ pub async fn apply_order_events(
     batch: &[Incoming],
     terms: Duration,
 ) -> Result<Vec<(Outcome, Effect)>, StoreError> {
-    let mut conn = db.take().await?;
-    let outcomes = apply_order_events_on(&mut conn, batch, terms).await?;
-    conn.keep();
-    Ok(outcomes)
+    db.run(async |conn| apply_order_events_on(conn, batch, terms).await)
+        .await
 }
 
 async fn apply_order_events_on(

@@ -431,10 +431,8 @@ pub async fn apply_invoice_events(
     db: &Connections,
     batch: &[Incoming],
 ) -> Result<Vec<(Outcome, Option<OrderStatus>)>, StoreError> {
-    let mut conn = db.take().await?;
-    let outcomes = apply_invoice_events_on(&mut conn, batch).await?;
-    conn.keep();
-    Ok(outcomes)
+    db.run(async |conn| apply_invoice_events_on(conn, batch).await)
+        .await
 }
 
 async fn apply_invoice_events_on(

@@ -32,6 +32,13 @@ struct Shared<K, T> {
     changed: Notify,
 }
 
+impl<K, T> Shared<K, T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<K, T>> {
+        // The state stays consistent across a panic (every change is one push or remove).
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 struct State<K, T> {
     waiting: VecDeque<(K, T)>,
     /// Keys whose items a lane holds now.
@@ -48,11 +55,7 @@ pub struct Taken<K: Hash + Eq + Copy, T> {
 
 impl<K: Hash + Eq + Copy, T> Drop for Taken<K, T> {
     fn drop(&mut self) {
-        let mut state = self
-            .shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.shared.lock();
         for key in &self.keys {
             state.busy.remove(key);
         }
@@ -79,22 +82,14 @@ impl<K: Hash + Eq + Copy, T> Dispatch<K, T> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State<K, T>> {
-        // The state stays consistent across a panic (every change is one push or remove).
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     pub fn push(&self, key: K, item: T) {
-        self.lock().waiting.push_back((key, item));
+        self.shared.lock().waiting.push_back((key, item));
         self.shared.changed.notify_one();
     }
 
     /// No more items will come: lanes take what waits, then get `None`.
     pub fn close(&self) {
-        self.lock().closed = true;
+        self.shared.lock().closed = true;
         self.shared.changed.notify_waiters();
     }
 
@@ -105,7 +100,7 @@ impl<K: Hash + Eq + Copy, T> Dispatch<K, T> {
             // Registered before looking, so a push or a release meanwhile is not missed.
             let changed = self.shared.changed.notified();
             {
-                let mut state = self.lock();
+                let mut state = self.shared.lock();
                 if let Some(taken) = self.take_from(&mut state, max.max(1)) {
                     return Some(taken);
                 }

@@ -139,18 +139,12 @@ impl AmqpLink {
                 state.generation += 1;
                 state.failures = 0;
                 let generation = state.generation;
-                let mut events = conn.events_listener();
                 let me = myself.clone();
-                tokio::spawn(async move {
-                    while let Some(event) = events.next().await {
-                        if let lapin::Event::Error(e) = event {
-                            let _ = me.cast(LinkMsg::Lost {
-                                generation,
-                                reason: e.to_string(),
-                            });
-                            return;
-                        }
-                    }
+                on_failure(&conn, move |e| {
+                    let _ = me.cast(LinkMsg::Lost {
+                        generation,
+                        reason: e.to_string(),
+                    });
                 });
                 state.connection = Some(conn);
                 state
@@ -276,4 +270,22 @@ pub fn header_table(pairs: impl IntoIterator<Item = (&'static str, AMQPValue)>) 
         table.insert(k.into(), v);
     }
     table
+}
+
+/// Calls `on_error` with the cause once `connection` fails. lapin gives the cause only as a
+/// connection event; a later call on the connection sees just its state ("invalid
+/// connection state: Error").
+pub fn on_failure(
+    connection: &lapin::Connection,
+    on_error: impl FnOnce(lapin::Error) + Send + 'static,
+) {
+    let mut events = connection.events_listener();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                on_error(e);
+                return;
+            }
+        }
+    });
 }

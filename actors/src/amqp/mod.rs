@@ -12,4 +12,4 @@ pub use consumer::{
     Consumer, ConsumerArgs, ConsumerMsg, Delivered, EventHandler, HandleError, Incoming, Outcome,
     ask_workers,
 };
-pub use link::{AmqpLink, BrokerState, LinkArgs, LinkError, LinkMsg};
+pub use link::{AmqpLink, BrokerState, LinkArgs, LinkError, LinkMsg, on_failure};

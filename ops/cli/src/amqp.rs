@@ -25,17 +25,9 @@ impl Broker {
     pub async fn connect(url: &str) -> Result<Self, OpsError> {
         let props = ConnectionProperties::default().with_connection_name("ops".into());
         let connection = Connection::connect(url, props).await?;
-        // lapin reports a failed connection on the next call only as its state ("invalid
-        // connection state: Error"); the cause comes as an event. Print it, so that a
-        // drill whose own connection fails says why.
-        let mut events = connection.events_listener();
-        tokio::spawn(async move {
-            while let Some(event) = events.next().await {
-                if let lapin::Event::Error(e) = event {
-                    eprintln!("[ops] the broker connection failed: {e}");
-                    return;
-                }
-            }
+        // So that a drill whose own connection fails says why.
+        actors::amqp::on_failure(&connection, |e| {
+            eprintln!("[ops] the broker connection failed: {e}")
         });
         let channel = connection.create_channel().await?;
         channel
