@@ -24,6 +24,7 @@ pub mod http;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod page_query;
 pub mod relay;
 pub mod supervision;
 pub mod telemetry;

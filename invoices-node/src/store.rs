@@ -14,6 +14,7 @@ use actors::amqp::{Incoming, Outcome};
 use actors::db::Connections;
 use actors::http::Cursor;
 use actors::outbox::{self, Causation, OutboxRows};
+use actors::page_query::PageQuery;
 use contracts::{Event, InvoiceIssued, InvoicePaid, InvoiceVoided, OrderCanceled, OrderCreated};
 
 use crate::domain::{self, Invoice, InvoiceStatus, PayDecision};
@@ -115,22 +116,14 @@ pub struct ListFilter {
 /// Newest first; `limit + 1` rows so the caller can tell whether a next page exists.
 #[tracing::instrument(name = "SELECT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Invoice>, StoreError> {
-    let rows: Vec<InvoiceRow> = sqlx::query_as(
+    let mut query = PageQuery::new(
         "SELECT id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, paid_at
-           FROM invoices
-          WHERE ($1::uuid IS NULL OR order_id = $1)
-            AND ($2::text IS NULL OR status = $2)
-            AND ($3::timestamptz IS NULL OR (issued_at, id) < ($3, $4))
-          ORDER BY issued_at DESC, id DESC
-          LIMIT $5",
+           FROM invoices",
     )
-    .bind(f.order_id)
-    .bind(f.status.map(InvoiceStatus::as_str))
-    .bind(f.after.map(|c| c.at))
-    .bind(f.after.map(|c| c.id))
-    .bind(f.limit + 1)
-    .fetch_all(pool)
-    .await?;
+    .filter("order_id", f.order_id)
+    .filter("status", f.status.map(InvoiceStatus::as_str))
+    .page("issued_at", "id", f.after, f.limit + 1);
+    let rows: Vec<InvoiceRow> = query.build_query_as().fetch_all(pool).await?;
     rows.into_iter().map(Invoice::try_from).collect()
 }
 

@@ -13,6 +13,7 @@ use actors::amqp::{Incoming, Outcome};
 use actors::db::Connections;
 use actors::http::Cursor;
 use actors::outbox::{self, Causation, OutboxRows};
+use actors::page_query::PageQuery;
 use contracts::{Event, LineItem, OrderCanceled, OrderCreated};
 
 use crate::domain::{CancelDecision, NewOrder, Order, OrderStatus};
@@ -353,22 +354,14 @@ pub struct ListFilter {
 /// Newest first; fetches `limit + 1` rows so the caller can tell whether a next page exists.
 #[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Order>, StoreError> {
-    let rows: Vec<OrderRow> = sqlx::query_as(
+    let mut query = PageQuery::new(
         "SELECT id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at
-           FROM orders
-          WHERE ($1::uuid IS NULL OR customer_id = $1)
-            AND ($2::text IS NULL OR status = $2)
-            AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
-          ORDER BY created_at DESC, id DESC
-          LIMIT $5",
+           FROM orders",
     )
-    .bind(f.customer_id)
-    .bind(f.status.map(OrderStatus::as_str))
-    .bind(f.after.map(|c| c.at))
-    .bind(f.after.map(|c| c.id))
-    .bind(f.limit + 1)
-    .fetch_all(pool)
-    .await?;
+    .filter("customer_id", f.customer_id)
+    .filter("status", f.status.map(OrderStatus::as_str))
+    .page("created_at", "id", f.after, f.limit + 1);
+    let rows: Vec<OrderRow> = query.build_query_as().fetch_all(pool).await?;
     rows.into_iter().map(Order::try_from).collect()
 }
 
