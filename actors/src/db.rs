@@ -187,9 +187,9 @@ pub fn now() -> chrono::DateTime<chrono::Utc> {
 /// force_generic_plan`. Otherwise PostgreSQL plans a statement afresh for its parameters
 /// whenever it estimates that this could pay, which it did for the stores' batch
 /// statements: at a steady 200 orders/s, where each runs for one or two rows, that
-/// planning was a fifth to a quarter of PostgreSQL's CPU. A statement whose best plan does depend on its
-/// parameters is written as several statements instead (the list endpoints' filters, see
-/// [`crate::page_query`]).
+/// planning was a fifth to a quarter of PostgreSQL's CPU. A statement whose best plan
+/// does depend on its parameters is written as several statements instead (the list
+/// endpoints' filters, see [`crate::page_query`]).
 ///
 /// Set once per connection rather than per transaction, so that a store may also run a
 /// batch as one statement outside `BEGIN` … `COMMIT`.
