@@ -346,13 +346,17 @@ impl std::ops::DerefMut for Held {
 mod tests {
     use super::*;
 
-    /// The server this machine's tests use (`postgres` database: nothing is created).
+    /// The server this machine's tests use, its `postgres` database.
+    fn admin_url() -> String {
+        std::env::var("PG_ADMIN_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+    }
+
+    /// A pool on [`admin_url`] (nothing is created).
     async fn pool(size: u32) -> PgPool {
-        let url = std::env::var("PG_ADMIN_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
         PgPoolOptions::new()
             .max_connections(size)
-            .connect(&url)
+            .connect(&admin_url())
             .await
             .expect("the test PostgreSQL answers")
     }
@@ -392,8 +396,7 @@ mod tests {
     async fn every_connection_finds_rows_by_key_with_plans_made_once() {
         let admin = pool(2).await;
         let name = format!("db_settings_{}", uuid::Uuid::now_v7().simple());
-        let base = std::env::var("PG_ADMIN_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let base = admin_url();
         let url = SecretUrl::new(format!(
             "{}/{name}",
             base.rsplit_once('/').map_or("", |b| b.0)

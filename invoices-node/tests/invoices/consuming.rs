@@ -716,21 +716,22 @@ async fn each_orders_events_keep_their_order_while_lanes_share_the_work() {
         amqp.publish_event(&order_created(*p)).await;
     }
 
+    let issued_order = |data: &[u8]| match contracts::decode("invoice.issued", data) {
+        Ok(Event::InvoiceIssued(e)) => e.order_id,
+        other => panic!("not an invoice.issued: {other:?}"),
+    };
     let mut issued = std::collections::HashSet::new();
     while !plain.iter().all(|p| issued.contains(p)) {
         let d = tokio::time::timeout(Duration::from_secs(20), issued_events.recv())
             .await
             .expect("every plain order is issued")
             .expect("the watch is open");
-        let Event::InvoiceIssued(e) = contracts::decode("invoice.issued", &d.data).unwrap() else {
-            panic!("not an invoice.issued")
-        };
+        let order_id = issued_order(&d.data);
         assert!(
-            !late.contains(&e.order_id),
-            "{} was issued before its cancel applied",
-            e.order_id
+            !late.contains(&order_id),
+            "{order_id} was issued before its cancel applied"
         );
-        issued.insert(e.order_id);
+        issued.insert(order_id);
     }
     for l in &late {
         let inv = eventually("born void", Duration::from_secs(10), || async {
@@ -740,10 +741,8 @@ async fn each_orders_events_keep_their_order_while_lanes_share_the_work() {
         assert_eq!(inv["status"], "void", "{l}");
     }
     while let Ok(d) = issued_events.try_recv() {
-        let Event::InvoiceIssued(e) = contracts::decode("invoice.issued", &d.data).unwrap() else {
-            panic!("not an invoice.issued")
-        };
-        assert!(!late.contains(&e.order_id), "{} was issued", e.order_id);
+        let order_id = issued_order(&d.data);
+        assert!(!late.contains(&order_id), "{order_id} was issued");
     }
     node.shutdown().await;
 }
