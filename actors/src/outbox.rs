@@ -1,6 +1,14 @@
 //! The publish side of the transactional outbox: [`enqueue`] writes an event in the
 //! caller's transaction; the [`crate::relay::OutboxRelay`] actor publishes it.
+//!
+//! Most rows wait for a relay pass to select them. The first event of a new order can leave
+//! sooner: written with a lease ([`OutboxRows::leased`]), it is handed to the relay as
+//! [`Outgoing`] right after the commit and published without being selected (see
+//! [`crate::relay::OutboxNotifier::publish`]).
 
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 
@@ -76,23 +84,43 @@ pub async fn enqueue(
     enqueue_many(conn, &[(event.clone(), cause)]).await
 }
 
-/// The statement that adds outbox rows from six arrays bound as `$1`–`$6` (see
-/// [`OutboxRows`]), in array order (which is the order the relay publishes one order's
-/// events in). A macro, so that a store can put it in a bigger statement with `concat!`
-/// (e.g. as a data-modifying `WITH` beside its own insert) and the text stays in one place.
+/// The statement that adds outbox rows from six arrays bound as `$1`–`$6` and their lease
+/// as `$7` (see [`OutboxRows`]), in array order (which is the order the relay publishes one
+/// order's events in). A macro, so that a store can put it in a bigger statement with
+/// `concat!` (e.g. as a data-modifying `WITH` beside its own insert) and the text stays in
+/// one place.
 #[macro_export]
-macro_rules! outbox_insert_from_params_1_to_6 {
+macro_rules! outbox_insert_from_params_1_to_7 {
     () => {
-        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers)
-         SELECT event_id, aggregate_id, exchange, routing_key, payload, headers::jsonb
+        "INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers, lease_until)
+         SELECT event_id, aggregate_id, exchange, routing_key, payload, headers::jsonb,
+                now() + $7::float8 * interval '1 second'
            FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[])
                 WITH ORDINALITY AS t(event_id, aggregate_id, exchange, routing_key, payload, headers, n)
           ORDER BY n"
     };
 }
 
-/// The outbox columns of some events, as the six arrays of
-/// [`outbox_insert_from_params_1_to_6`].
+/// How long a leased row is left to its writer before any relay pass takes it. Long enough
+/// that a writer's publish under load is not doubled by a pass; short enough that the
+/// events of a writer that crashed after its commit leave soon after it.
+pub const DIRECT_LEASE: Duration = Duration::from_secs(5);
+
+/// An event ready to publish: what a relay pass reads from a pending row, or what a writer
+/// hands over right after its commit.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Outgoing {
+    pub event_id: uuid::Uuid,
+    pub exchange: String,
+    pub routing_key: String,
+    pub payload: Vec<u8>,
+    /// The [`Causation`], as stored in the row.
+    pub headers: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The outbox columns of some events, as the six arrays and the lease of
+/// [`outbox_insert_from_params_1_to_7`].
 pub struct OutboxRows {
     ids: Vec<uuid::Uuid>,
     aggregates: Vec<uuid::Uuid>,
@@ -100,6 +128,8 @@ pub struct OutboxRows {
     keys: Vec<&'static str>,
     payloads: Vec<Vec<u8>>,
     headers: Vec<String>,
+    /// Seconds, counted by the database's clock (as the relay's check is).
+    lease_seconds: Option<f64>,
 }
 
 impl OutboxRows {
@@ -112,6 +142,7 @@ impl OutboxRows {
             keys: Vec::with_capacity(n),
             payloads: Vec::with_capacity(n),
             headers: Vec::with_capacity(n),
+            lease_seconds: None,
         };
         for (event, cause) in events {
             rows.ids.push(event.event_id());
@@ -125,7 +156,28 @@ impl OutboxRows {
         rows
     }
 
-    /// Binds the six arrays as the query's next six parameters (its first six for [`outbox_insert_from_params_1_to_6`]).
+    /// Rows that their writer publishes itself after its commit: no relay pass takes them
+    /// for [`DIRECT_LEASE`]. Only for events that are the first of their order in this
+    /// outbox (a new order's `order.created`, a new invoice's event): a later event would
+    /// have to wait behind its order's older pending rows, which only a pass checks.
+    /// Returns the events to hand to the relay once the transaction has committed.
+    pub fn leased(&mut self) -> Vec<Outgoing> {
+        let now = crate::db::now();
+        self.lease_seconds = Some(DIRECT_LEASE.as_secs_f64());
+        (0..self.ids.len())
+            .map(|i| Outgoing {
+                event_id: self.ids[i],
+                exchange: self.exchanges[i].to_owned(),
+                routing_key: self.keys[i].to_owned(),
+                payload: self.payloads[i].clone(),
+                headers: serde_json::from_str(&self.headers[i]).unwrap_or_default(),
+                created_at: now,
+            })
+            .collect()
+    }
+
+    /// Binds the six arrays and the lease as the query's next seven parameters (its first
+    /// seven for [`outbox_insert_from_params_1_to_7`]).
     pub fn bind_next(
         self,
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -137,6 +189,7 @@ impl OutboxRows {
             .bind(self.keys)
             .bind(self.payloads)
             .bind(self.headers)
+            .bind(self.lease_seconds)
     }
 }
 
@@ -147,7 +200,7 @@ pub async fn enqueue_many(
     events: &[(Event, &Causation)],
 ) -> Result<(), sqlx::Error> {
     OutboxRows::new(events)
-        .bind_next(sqlx::query(outbox_insert_from_params_1_to_6!()))
+        .bind_next(sqlx::query(outbox_insert_from_params_1_to_7!()))
         .execute(conn)
         .await?;
     Ok(())

@@ -11,13 +11,21 @@
 //! still counts as pending — so one order's events leave in the order they were written.
 //! While the broker is down rows wait and passes back off.
 //!
+//! Takes also `Publish`: events a store has just committed under a lease
+//! ([`crate::outbox::OutboxRows::leased`]), published at once without a pass selecting
+//! them, then deleted (or stamped) by a [`Settler`] that gathers the confirmed ids of all
+//! such publishes finishing meanwhile into one statement. That takes the wake-up, the
+//! `BEGIN`, the `SELECT` and the pass's own commit off an order's way to the broker. If
+//! that publish fails, the rows stay leased for [`crate::outbox::DIRECT_LEASE`] and a pass
+//! takes them after it, as it does after a crash.
+//!
 //! On failure its supervisor restarts it; nothing is lost because state lives in the table.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures_util::future::join_all;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::AMQPValue;
@@ -31,7 +39,7 @@ use contracts::topology;
 use crate::amqp::link::{LinkError, LinkMsg, header_table, open_channel};
 use crate::db::Connections;
 use crate::metrics::Metrics;
-use crate::outbox::Causation;
+use crate::outbox::{Causation, Outgoing};
 use crate::supervision::ChildHandle;
 
 pub enum RelayMsg {
@@ -41,6 +49,8 @@ pub enum RelayMsg {
     Selected,
     /// A pass ended: how many rows it took, or why it failed.
     PassDone(Result<usize, String>),
+    /// Leased events a store has just committed: publish them now.
+    Publish(Vec<Outgoing>),
     /// Fault injection (`FAULT_INJECTION=on`): panic, as a bug would.
     Panic,
 }
@@ -65,6 +75,15 @@ impl OutboxNotifier {
     pub fn notify(&self) {
         if !self.pending.swap(true, Ordering::AcqRel) && !self.relay.cast(RelayMsg::Wake) {
             self.pending.store(false, Ordering::Release);
+        }
+    }
+
+    /// Leased events were committed (see [`crate::outbox::OutboxRows::leased`]): the relay
+    /// publishes them without selecting them. Should the relay be restarting, they leave
+    /// in a pass once their lease ends.
+    pub fn publish(&self, events: Vec<Outgoing>) {
+        if !events.is_empty() {
+            self.relay.cast(RelayMsg::Publish(events));
         }
     }
 }
@@ -100,7 +119,19 @@ pub struct RelayState {
     selecting: usize,
     /// A wake-up came while passes were selecting: they may or may not see its rows.
     deferred: bool,
+    /// Publishes of leased events in flight.
+    direct: tokio::task::JoinSet<()>,
+    settler: Arc<Settler>,
 }
+
+/// How long confirmed direct publishes gather before one statement settles them all.
+/// Bounds what a crash can publish twice (consumers drop duplicates) and how long a later
+/// event of the same order waits behind a published one.
+const SETTLE_WINDOW: Duration = Duration::from_millis(50);
+
+/// Direct publishes in flight at most; past it, events wait for their lease to end and
+/// leave in a pass (a broker that slow is better served in big batches anyway).
+const MAX_DIRECT_IN_FLIGHT: usize = 256;
 
 /// What one pass needs, detached from the actor so several can run at once.
 #[derive(Clone)]
@@ -111,6 +142,8 @@ struct Pass {
     batch_size: i64,
     /// Keep published rows (stamped `published_at`) instead of deleting them at once.
     keep_published: bool,
+    /// Take leased rows too (the last pass before stopping).
+    past_leases: bool,
     metrics: Metrics,
 }
 
@@ -122,17 +155,6 @@ enum RelayError {
     Link(#[from] LinkError),
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
-}
-
-#[derive(sqlx::FromRow)]
-struct PendingRow {
-    id: i64,
-    event_id: uuid::Uuid,
-    exchange: String,
-    routing_key: String,
-    payload: Vec<u8>,
-    headers: serde_json::Value,
-    created_at: DateTime<Utc>,
 }
 
 impl Actor for OutboxRelay {
@@ -149,8 +171,18 @@ impl Actor for OutboxRelay {
         // Drain what a previous run (or a crash) left behind.
         myself.cast(RelayMsg::Wake)?;
         let now = Instant::now();
+        let settler = Arc::new(Settler {
+            connections: args.connections.clone(),
+            keep_published: !args.retention.is_zero(),
+            notifier: args.notifier.clone(),
+            confirmed: Mutex::default(),
+            busy: AtomicBool::new(false),
+            woken: AtomicBool::new(false),
+        });
         Ok(RelayState {
             args,
+            direct: tokio::task::JoinSet::new(),
+            settler,
             channel: None,
             failures: 0,
             next_attempt: now,
@@ -168,13 +200,22 @@ impl Actor for OutboxRelay {
         state: &mut RelayState,
     ) -> Result<(), ActorProcessingErr> {
         // Let the passes in flight finish, then a last pass so that what was committed
-        // before shutdown leaves now.
-        let passes = async { while state.passes.join_next().await.is_some() {} };
+        // before shutdown leaves now — leased rows included: a store's `Publish` still in
+        // the mailbox is dropped with it. (Another replica's row in flight may go twice;
+        // consumers drop the duplicate.)
+        let passes = async {
+            while state.direct.join_next().await.is_some() {}
+            while state.passes.join_next().await.is_some() {}
+        };
         let _ = tokio::time::timeout(Duration::from_secs(5), passes).await;
         state.passes.abort_all();
+        state.direct.abort_all();
         if state.failures == 0 {
             let last = async {
-                let pass = pass_of(state).await?;
+                let pass = Pass {
+                    past_leases: true,
+                    ..pass_of(state).await?
+                };
                 while publish_batch(&pass, SelectedSignal(None)).await? >= pass.batch_size as usize
                 {
                 }
@@ -207,7 +248,13 @@ impl Actor for OutboxRelay {
                 } else {
                     state.dirty = true;
                 }
+                // Its rows may wait behind leased events of the same order, which no pass
+                // takes: look again once those are settled.
+                if !state.direct.is_empty() {
+                    state.settler.woken.store(true, Ordering::Release);
+                }
             }
+            RelayMsg::Publish(events) => self.publish_now(&myself, state, events).await,
             RelayMsg::Selected => {
                 state.selecting = state.selecting.saturating_sub(1);
                 if std::mem::take(&mut state.deferred) {
@@ -237,6 +284,7 @@ impl Actor for OutboxRelay {
         }
         // Reap finished passes (their outcome came as PassDone).
         while state.passes.try_join_next().is_some() {}
+        while state.direct.try_join_next().is_some() {}
         self.start_passes(&myself, state).await;
         Ok(())
     }
@@ -269,6 +317,62 @@ impl OutboxRelay {
         }
     }
 
+    /// Publishes leased events in a task of their own, unless the broker is failing or too
+    /// many are in flight: then they wait for their lease to end.
+    async fn publish_now(
+        &self,
+        myself: &ActorRef<RelayMsg>,
+        state: &mut RelayState,
+        events: Vec<Outgoing>,
+    ) {
+        if state.failures > 0 || state.direct.len() >= MAX_DIRECT_IN_FLIGHT {
+            return;
+        }
+        let channel = match confirm_channel(state).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                self.failed(state, &e.to_string());
+                return;
+            }
+        };
+        let (me, settler, metrics) = (
+            myself.clone(),
+            state.settler.clone(),
+            state.args.metrics.clone(),
+        );
+        let app_id = state.args.app_id.clone();
+        state.direct.spawn(async move {
+            let started = Instant::now();
+            let rows: Vec<&Outgoing> = events.iter().collect();
+            match publish_rows(&channel, &app_id, &metrics, &rows).await {
+                Ok(acks) => {
+                    let (acked, refused): (Vec<_>, Vec<_>) =
+                        events.iter().zip(acks).partition(|(_, ack)| *ack);
+                    settler
+                        .settle(acked.into_iter().map(|(e, _)| e.event_id).collect())
+                        .await;
+                    let refused: Vec<&Outgoing> = refused.into_iter().map(|(e, _)| e).collect();
+                    if !refused.is_empty() {
+                        let ids: Vec<uuid::Uuid> = refused.iter().map(|e| e.event_id).collect();
+                        let parked = settler
+                            .connections
+                            .run(async |conn| park(conn, &ids).await)
+                            .await;
+                        if parked.is_ok() {
+                            report_parked(&metrics, &refused);
+                        }
+                    }
+                    metrics
+                        .outbox_batch
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                Err(e) => {
+                    let _ = me.cast(RelayMsg::PassDone(Err(e.to_string())));
+                }
+            }
+        });
+    }
+
     fn failed(&self, state: &mut RelayState, error: &str) {
         state.channel = None;
         state.failures += 1;
@@ -292,6 +396,7 @@ async fn pass_of(state: &mut RelayState) -> Result<Pass, RelayError> {
         app_id: state.args.app_id.clone(),
         batch_size: state.args.batch_size,
         keep_published: !state.args.retention.is_zero(),
+        past_leases: false,
         metrics: state.args.metrics.clone(),
     })
 }
@@ -314,17 +419,18 @@ async fn confirm_channel(state: &mut RelayState) -> Result<Channel, RelayError> 
 async fn take_rows<'c>(
     conn: &'c mut sqlx::PgConnection,
     pass: &Pass,
-) -> Result<(sqlx::Transaction<'c, sqlx::Postgres>, Vec<PendingRow>), RelayError> {
+) -> Result<(sqlx::Transaction<'c, sqlx::Postgres>, Vec<Outgoing>), RelayError> {
     let mut tx = conn.begin().await?;
-    // A row is taken only if it is its order's oldest pending one (parked and locked rows
-    // still count). Asked as a per-row subquery, that is one probe of the by-order index
+    // A row is taken only if it is its order's oldest pending one (parked, leased and
+    // locked rows still count), and not while its writer's lease on it lasts. Asked as a per-row subquery, that is one probe of the by-order index
     // per candidate; as `NOT EXISTS`, it became an anti join that the planner, with the
     // statistics of an almost empty outbox, ran as a full index scan per candidate.
-    let rows: Vec<PendingRow> = sqlx::query_as(
-        "SELECT o.id, o.event_id, o.exchange, o.routing_key, o.payload, o.headers, o.created_at
+    let rows: Vec<Outgoing> = sqlx::query_as(
+        "SELECT o.event_id, o.exchange, o.routing_key, o.payload, o.headers, o.created_at
            FROM outbox o
           WHERE o.published_at IS NULL
             AND o.parked_at IS NULL
+            AND (o.lease_until IS NULL OR o.lease_until < now() OR $2)
             AND o.id = (SELECT min(e.id) FROM outbox e
                          WHERE e.aggregate_id = o.aggregate_id AND e.published_at IS NULL)
           ORDER BY o.id
@@ -332,6 +438,7 @@ async fn take_rows<'c>(
           FOR UPDATE SKIP LOCKED",
     )
     .bind(pass.batch_size)
+    .bind(pass.past_leases)
     .fetch_all(&mut *tx)
     .await?;
     Ok((tx, rows))
@@ -339,7 +446,7 @@ async fn take_rows<'c>(
 
 /// The producer span of one publish: a child of the context saved with the outbox row (the
 /// request or delivery that caused the event), and the parent of the consumer's span.
-fn publish_span(row: &PendingRow, cause: &Causation) -> tracing::Span {
+fn publish_span(row: &Outgoing, cause: &Causation) -> tracing::Span {
     let span = tracing::info_span!(
         "publish",
         otel.name = %format!("{} publish", row.exchange),
@@ -361,7 +468,7 @@ fn publish_span(row: &PendingRow, cause: &Causation) -> tracing::Span {
 
 /// AMQP properties and headers of one outbox row; the trace headers are the producer span's.
 fn properties(
-    row: &PendingRow,
+    row: &Outgoing,
     cause: Causation,
     app_id: &str,
     span: &tracing::Span,
@@ -428,55 +535,133 @@ async fn publish_batch_on(
         tx.commit().await?;
         return Ok(0);
     }
-    let (acked, refused) = match publish_rows(pass, &rows).await {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            // Unlock the rows now: a dropped transaction rolls back only in the background,
-            // and until then every relay (this one included) would skip them.
-            let _ = tx.rollback().await;
-            return Err(e);
-        }
-    };
-    // Deleting adds no index entries; stamping `published_at` adds a row version and three.
-    let settle = if pass.keep_published {
-        "UPDATE outbox SET published_at = now() WHERE id = ANY($1)"
-    } else {
-        "DELETE FROM outbox WHERE id = ANY($1)"
-    };
-    sqlx::query(settle).bind(&acked).execute(&mut *tx).await?;
+    let events: Vec<&Outgoing> = rows.iter().collect();
+    let (acked, refused): (Vec<_>, Vec<_>) =
+        match publish_rows(&pass.channel, &pass.app_id, &pass.metrics, &events).await {
+            Ok(acks) => rows.iter().zip(acks).partition(|(_, ack)| *ack),
+            Err(e) => {
+                // Unlock the rows now: a dropped transaction rolls back only in the background,
+                // and until then every relay (this one included) would skip them.
+                let _ = tx.rollback().await;
+                return Err(e);
+            }
+        };
+    let acked: Vec<uuid::Uuid> = acked.into_iter().map(|(r, _)| r.event_id).collect();
+    settle(&mut tx, pass.keep_published, &acked).await?;
     if !refused.is_empty() {
-        // Set aside, not retried forever: a refused row must not hold back the rest.
-        let ids: Vec<i64> = refused.iter().map(|r| r.id).collect();
-        sqlx::query(
-            "UPDATE outbox SET parked_at = now(), parked_reason = 'refused by the broker (nack)'
-              WHERE id = ANY($1)",
-        )
-        .bind(&ids)
-        .execute(&mut *tx)
-        .await?;
+        let ids: Vec<uuid::Uuid> = refused.iter().map(|(r, _)| r.event_id).collect();
+        park(&mut tx, &ids).await?;
     }
+    let refused: Vec<&Outgoing> = refused.into_iter().map(|(r, _)| r).collect();
     tx.commit().await?;
     pass.metrics
         .outbox_batch
         .observe(started.elapsed().as_secs_f64());
-    for row in &refused {
-        tracing::warn!(
-            event_id = %row.event_id,
-            routing_key = row.routing_key,
-            "the broker refused an event; it is parked in the outbox (parked_at) and the rest goes on"
-        );
-        pass.metrics.outbox_parked.inc();
-    }
+    report_parked(&pass.metrics, &refused);
     Ok(rows.len())
 }
 
-/// Publishes every row with confirms in flight together; returns the ids the broker
-/// acknowledged and the rows it refused.
-async fn publish_rows<'a>(
-    pass: &Pass,
-    rows: &'a [PendingRow],
-) -> Result<(Vec<i64>, Vec<&'a PendingRow>), RelayError> {
-    let channel = &pass.channel;
+/// Marks the rows of published events as published: deleted, or stamped when published
+/// rows are kept. Deleting adds no index entries; stamping adds a row version and three.
+async fn settle(
+    conn: &mut sqlx::PgConnection,
+    keep_published: bool,
+    event_ids: &[uuid::Uuid],
+) -> Result<(), sqlx::Error> {
+    let statement = if keep_published {
+        "UPDATE outbox SET published_at = now(), lease_until = NULL WHERE event_id = ANY($1)"
+    } else {
+        "DELETE FROM outbox WHERE event_id = ANY($1)"
+    };
+    sqlx::query(statement).bind(event_ids).execute(conn).await?;
+    Ok(())
+}
+
+/// Sets aside the rows of events the broker refused: not retried forever, so that a
+/// refused row does not hold back the rest.
+async fn park(conn: &mut sqlx::PgConnection, event_ids: &[uuid::Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET parked_at = now(), parked_reason = 'refused by the broker (nack)',
+                lease_until = NULL
+          WHERE event_id = ANY($1)",
+    )
+    .bind(event_ids)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn report_parked(metrics: &Metrics, refused: &[&Outgoing]) {
+    for event in refused {
+        tracing::warn!(
+            event_id = %event.event_id,
+            routing_key = event.routing_key,
+            "the broker refused an event; it is parked in the outbox (parked_at) and the rest goes on"
+        );
+        metrics.outbox_parked.inc();
+    }
+}
+
+/// Settles the leased rows of direct publishes once the broker confirmed them. Whoever
+/// finds it idle waits [`SETTLE_WINDOW`], then settles everything confirmed by then in one
+/// statement, and again until nothing waits; publishes that finish meanwhile only add
+/// their ids. A settle is not on any event's way to the broker, so waiting costs nothing
+/// but a slightly later delete, and saves a round trip and a commit per event at low
+/// rates (where each confirm would otherwise be settled alone).
+struct Settler {
+    connections: Connections,
+    keep_published: bool,
+    notifier: OutboxNotifier,
+    confirmed: Mutex<Vec<uuid::Uuid>>,
+    busy: AtomicBool,
+    /// Other events were committed while leased ones were in flight: they may be waiting
+    /// behind them, so the relay looks again once these are settled.
+    woken: AtomicBool,
+}
+
+impl Settler {
+    fn confirmed(&self) -> std::sync::MutexGuard<'_, Vec<uuid::Uuid>> {
+        // A panic while holding this lock leaves the list valid (an extend or a take).
+        self.confirmed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn settle(&self, event_ids: Vec<uuid::Uuid>) {
+        self.confirmed().extend(event_ids);
+        while !self.busy.swap(true, Ordering::AcqRel) {
+            tokio::time::sleep(SETTLE_WINDOW).await;
+            let ids = std::mem::take(&mut *self.confirmed());
+            if !ids.is_empty() {
+                let settled = self
+                    .connections
+                    .run(async |conn| settle(conn, self.keep_published, &ids).await)
+                    .await;
+                if let Err(e) = settled {
+                    // Published but still in the outbox: a pass publishes them again once
+                    // their lease ends, and consumers drop the duplicate.
+                    tracing::warn!(error = %e, events = ids.len(), "could not settle published events");
+                }
+            }
+            self.busy.store(false, Ordering::Release);
+            if self.confirmed().is_empty() {
+                break;
+            }
+        }
+        if self.woken.swap(false, Ordering::AcqRel) {
+            self.notifier.notify();
+        }
+    }
+}
+
+/// Publishes every event with confirms in flight together; returns, per event, whether
+/// the broker acknowledged it (else it refused it).
+async fn publish_rows(
+    channel: &Channel,
+    app_id: &str,
+    metrics: &Metrics,
+    rows: &[&Outgoing],
+) -> Result<Vec<bool>, RelayError> {
     let mut publishes = Vec::with_capacity(rows.len());
     // Each producer span stays open until the broker confirmed its message.
     let mut spans = Vec::with_capacity(rows.len());
@@ -484,7 +669,7 @@ async fn publish_rows<'a>(
         // Read once from the row (without copying its JSON): the span and the headers use it.
         let cause = Causation::deserialize(&row.headers).unwrap_or_default();
         let span = publish_span(row, &cause);
-        let props = properties(row, cause, &pass.app_id, &span);
+        let props = properties(row, cause, app_id, &span);
         spans.push(span);
         publishes.push(channel.basic_publish(
             row.exchange.as_str().into(),
@@ -503,21 +688,18 @@ async fn publish_rows<'a>(
         .collect::<Result<Vec<_>, _>>()?;
     let confirmations = join_all(confirms).await;
     drop(spans);
-    let mut acked = Vec::with_capacity(rows.len());
-    let mut refused = Vec::new();
+    let mut acks = Vec::with_capacity(rows.len());
     for (row, confirmation) in rows.iter().zip(confirmations) {
-        match confirmation? {
-            Confirmation::Ack(_) => {
-                acked.push(row.id);
-                pass.metrics
-                    .published
-                    .with_label_values(&[row.exchange.as_str(), row.routing_key.as_str()])
-                    .inc();
-            }
-            Confirmation::Nack(_) | Confirmation::NotRequested => refused.push(row),
+        let acked = matches!(confirmation?, Confirmation::Ack(_));
+        if acked {
+            metrics
+                .published
+                .with_label_values(&[row.exchange.as_str(), row.routing_key.as_str()])
+                .inc();
         }
+        acks.push(acked);
     }
-    Ok((acked, refused))
+    Ok(acks)
 }
 
 async fn update_backlog_metrics(state: &RelayState) {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use actors::amqp::{Incoming, Outcome};
 use actors::db::Connections;
 use actors::http::Cursor;
-use actors::outbox::{self, Causation, OutboxRows};
+use actors::outbox::{self, Causation, OutboxRows, Outgoing};
 use actors::page_query::PageQuery;
 use contracts::{Event, InvoiceIssued, InvoicePaid, InvoiceVoided, OrderCanceled, OrderCreated};
 
@@ -179,7 +179,7 @@ pub async fn apply_order_events(
     db: &Connections,
     batch: &[Incoming],
     terms: Duration,
-) -> Result<Vec<(Outcome, Effect)>, StoreError> {
+) -> Result<AppliedBatch, StoreError> {
     db.run(async |conn| apply_order_events_on(conn, batch, terms).await)
         .await
 }
@@ -188,7 +188,7 @@ async fn apply_order_events_on(
     conn: &mut PgConnection,
     batch: &[Incoming],
     terms: Duration,
-) -> Result<Vec<(Outcome, Effect)>, StoreError> {
+) -> Result<AppliedBatch, StoreError> {
     let mut tx = conn.begin().await?;
     let creates: Vec<&OrderCreated> = batch
         .iter()
@@ -198,7 +198,7 @@ async fn apply_order_events_on(
         })
         .collect();
     let distinct: HashSet<Uuid> = creates.iter().map(|e| e.order_id).collect();
-    let outcomes =
+    let applied =
         if !batch.is_empty() && creates.len() == batch.len() && distinct.len() == batch.len() {
             issue_distinct(&mut tx, batch, &creates, terms).await?
         } else {
@@ -210,10 +210,20 @@ async fn apply_order_events_on(
                         .await?;
                 outcomes.push(outcome);
             }
-            outcomes
+            AppliedBatch {
+                outcomes,
+                events: Vec::new(),
+            }
         };
     tx.commit().await?;
-    Ok(outcomes)
+    Ok(applied)
+}
+
+/// What a batch of `order.*` events gave: an outcome and effect per event, and the events
+/// of new invoices, for the relay to publish at once (their rows are leased to this node).
+pub struct AppliedBatch {
+    pub outcomes: Vec<(Outcome, Effect)>,
+    pub events: Vec<Outgoing>,
 }
 
 /// A batch of valid `order.created` events for different orders (the steady state): the
@@ -230,7 +240,7 @@ async fn issue_distinct(
     batch: &[Incoming],
     creates: &[&OrderCreated],
     terms: Duration,
-) -> Result<Vec<(Outcome, Effect)>, StoreError> {
+) -> Result<AppliedBatch, StoreError> {
     let spans = actors::telemetry::batch_spans(
         "INSERT invoices",
         "INSERT",
@@ -293,8 +303,8 @@ async fn issue_distinct(
     }
     let statement = sqlx::query(
         "WITH e AS (
-             SELECT * FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::uuid[], $11::uuid[],
-                                  $12::text[], $13::int8[])
+             SELECT * FROM unnest($8::uuid[], $9::uuid[], $10::text[], $11::uuid[], $12::uuid[],
+                                  $13::text[], $14::int8[])
                       WITH ORDINALITY
                       AS e(event_id, invoice_id, number, order_id, customer_id, currency, amount_cents, n)
          ),
@@ -306,8 +316,8 @@ async fn issue_distinct(
          ),
          issued AS (
              INSERT INTO invoices (id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, voided_at)
-             SELECT invoice_id, number, order_id, customer_id, currency, amount_cents, status, $15, $16,
-                    CASE WHEN status = 'void' THEN $15 END
+             SELECT invoice_id, number, order_id, customer_id, currency, amount_cents, status, $16, $17,
+                    CASE WHEN status = 'void' THEN $16 END
                FROM (SELECT e.*, CASE WHEN EXISTS (SELECT 1 FROM canceled_orders c WHERE c.order_id = e.order_id)
                                       THEN 'void' ELSE 'issued' END AS status
                        FROM e JOIN fresh ON fresh.event_id = e.event_id) f
@@ -316,9 +326,10 @@ async fn issue_distinct(
              RETURNING order_id, status
          ),
          published AS (
-             INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers)
-             SELECT o.event_id, o.aggregate_id, o.exchange, o.routing_key, o.payload, o.headers::jsonb
-               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[], $14::text[])
+             INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers, lease_until)
+             SELECT o.event_id, o.aggregate_id, o.exchange, o.routing_key, o.payload, o.headers::jsonb,
+                    now() + $7::float8 * interval '1 second'
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[], $15::text[])
                     WITH ORDINALITY AS o(event_id, aggregate_id, exchange, routing_key, payload, headers, if_status, n)
                JOIN issued ON issued.order_id = o.aggregate_id AND issued.status = o.if_status
               ORDER BY o.n
@@ -327,7 +338,16 @@ async fn issue_distinct(
            FROM e LEFT JOIN fresh ON fresh.event_id = e.event_id
                   LEFT JOIN issued ON issued.order_id = e.order_id",
     );
-    let rows = OutboxRows::new(&events)
+    // Each invoice's event is its order's first in this outbox (the invoice is new), so it
+    // is leased and handed to the relay after the commit.
+    let mut outbox_rows = OutboxRows::new(&events);
+    let leased = outbox_rows.leased();
+    let leased_for: Vec<(Uuid, &str)> = events
+        .iter()
+        .zip(&event_statuses)
+        .map(|((event, _), status)| (event.order_id(), *status))
+        .collect();
+    let rows = outbox_rows
         .bind_next(statement)
         .bind(creates.iter().map(|e| e.event_id).collect::<Vec<_>>())
         .bind(invoices.iter().map(|i| i.0).collect::<Vec<_>>())
@@ -347,9 +367,13 @@ async fn issue_distinct(
         .fetch_all(&mut *tx)
         .await?;
     let mut outcomes = std::collections::HashMap::with_capacity(rows.len());
+    let mut statuses = std::collections::HashMap::with_capacity(rows.len());
     for row in rows {
         let (order_id, first, status): (Uuid, bool, Option<String>) =
             (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if let Some(status) = &status {
+            statuses.insert(order_id, status.clone());
+        }
         let outcome = match (first, status.as_deref()) {
             (false, _) => (Outcome::Duplicate, Effect::Nothing),
             (true, Some("void")) => (Outcome::Applied, Effect::IssuedVoid),
@@ -360,15 +384,27 @@ async fn issue_distinct(
         outcomes.insert(order_id, outcome);
     }
     drop(spans);
-    Ok(creates
-        .iter()
-        .map(|e| {
-            outcomes.get(&e.order_id).cloned().unwrap_or((
-                Outcome::Invalid("the store gave no answer for this event".into()),
-                Effect::Nothing,
-            ))
+    // The events the statement kept: the one of each new invoice's status.
+    let events = leased
+        .into_iter()
+        .zip(leased_for)
+        .filter(|(_, (order_id, status))| {
+            statuses.get(order_id).map(String::as_str) == Some(*status)
         })
-        .collect())
+        .map(|(event, _)| event)
+        .collect();
+    Ok(AppliedBatch {
+        outcomes: creates
+            .iter()
+            .map(|e| {
+                outcomes.get(&e.order_id).cloned().unwrap_or((
+                    Outcome::Invalid("the store gave no answer for this event".into()),
+                    Effect::Nothing,
+                ))
+            })
+            .collect(),
+        events,
+    })
 }
 
 /// The cause of an event whose delivery carried none.

@@ -85,6 +85,13 @@ impl InvoicesStore {
             StoreMsg::ApplyOrderEvents { batch, reply } => {
                 let result =
                     store::apply_order_events(&self.connections, &batch, self.payment_terms).await;
+                // Events the relay publishes at once; any others wait for a pass.
+                let mut leased = false;
+                let result = result.map(|applied| {
+                    leased = !applied.events.is_empty();
+                    self.notifier.publish(applied.events);
+                    applied.outcomes
+                });
                 if let Ok(outcomes) = &result {
                     let mut published = false;
                     for (_, effect) in outcomes {
@@ -96,7 +103,7 @@ impl InvoicesStore {
                         published |=
                             matches!(effect, Effect::Issued | Effect::Voided | Effect::IssuedVoid);
                     }
-                    if published {
+                    if published && !leased {
                         self.notifier.notify();
                     }
                 }

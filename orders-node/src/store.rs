@@ -12,7 +12,7 @@ use uuid::Uuid;
 use actors::amqp::{Incoming, Outcome};
 use actors::db::Connections;
 use actors::http::Cursor;
-use actors::outbox::{self, Causation, OutboxRows};
+use actors::outbox::{self, Causation, OutboxRows, Outgoing};
 use actors::page_query::PageQuery;
 use contracts::{Event, LineItem, OrderCanceled, OrderCreated};
 
@@ -105,57 +105,72 @@ pub struct CreateRequest {
     pub span: tracing::Span,
 }
 
+/// What a group of creates gave: a result per request, and the `order.created` events
+/// committed, for the relay to publish at once (their rows are leased to this node).
+pub struct CreatedGroup {
+    pub results: Vec<Result<Created, StoreError>>,
+    pub events: Vec<Outgoing>,
+}
+
+impl CreatedGroup {
+    fn failed(requests: &[CreateRequest], error: impl Fn() -> StoreError) -> Self {
+        CreatedGroup {
+            results: requests.iter().map(|_| Err(error())).collect(),
+            events: Vec::new(),
+        }
+    }
+}
+
 /// Creates the orders of `requests` and their `order.created` events, all in one
 /// transaction (group commit): one commit for the group, and every caller is answered only
 /// after it. If the group fails for a reason other than an outage, each request is tried
 /// again alone, so one bad row cannot fail its batchmates.
-pub async fn create_many(
-    db: &Connections,
-    requests: &[CreateRequest],
-) -> Vec<Result<Created, StoreError>> {
+pub async fn create_many(db: &Connections, requests: &[CreateRequest]) -> CreatedGroup {
     let mut conn = match db.take().await {
         Ok(conn) => conn,
         Err(e) => {
             let why = e.to_string();
-            return requests
-                .iter()
-                .map(|_| Err(StoreError::Unavailable(why.clone())))
-                .collect();
+            return CreatedGroup::failed(requests, || StoreError::Unavailable(why.clone()));
         }
     };
-    let results = create_many_on(&mut conn, requests).await;
-    if !results
+    let group = create_many_on(&mut conn, requests).await;
+    if !group
+        .results
         .iter()
         .any(|r| matches!(r, Err(StoreError::Unavailable(_) | StoreError::Database(_))))
     {
         conn.keep();
     }
-    results
+    group
 }
 
-async fn create_many_on(
-    conn: &mut PgConnection,
-    requests: &[CreateRequest],
-) -> Vec<Result<Created, StoreError>> {
+async fn create_many_on(conn: &mut PgConnection, requests: &[CreateRequest]) -> CreatedGroup {
     match create_group(conn, requests).await {
-        Ok(results) => results,
-        Err(StoreError::Unavailable(why)) => requests
-            .iter()
-            .map(|_| Err(StoreError::Unavailable(why.clone())))
-            .collect(),
-        Err(e) if requests.len() == 1 => vec![Err(e)],
+        Ok(group) => group,
+        Err(StoreError::Unavailable(why)) => {
+            CreatedGroup::failed(requests, || StoreError::Unavailable(why.clone()))
+        }
+        Err(e) if requests.len() == 1 => CreatedGroup {
+            results: vec![Err(e)],
+            events: Vec::new(),
+        },
         Err(e) => {
             tracing::warn!(error = %e, size = requests.len(), "a group of creates failed; committing them one by one");
-            let mut results = Vec::with_capacity(requests.len());
+            let mut all = CreatedGroup {
+                results: Vec::with_capacity(requests.len()),
+                events: Vec::new(),
+            };
             for request in requests {
-                results.push(
-                    match create_group(conn, std::slice::from_ref(request)).await {
-                        Ok(mut one) => one.pop().unwrap_or(Err(StoreError::Empty)),
-                        Err(e) => Err(e),
-                    },
-                );
+                match create_group(conn, std::slice::from_ref(request)).await {
+                    Ok(mut one) => {
+                        all.results
+                            .push(one.results.pop().unwrap_or(Err(StoreError::Empty)));
+                        all.events.append(&mut one.events);
+                    }
+                    Err(e) => all.results.push(Err(e)),
+                }
             }
-            results
+            all
         }
     }
 }
@@ -167,7 +182,7 @@ async fn create_many_on(
 async fn create_group(
     conn: &mut PgConnection,
     requests: &[CreateRequest],
-) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
+) -> Result<CreatedGroup, StoreError> {
     if requests.iter().all(|r| r.key.is_none()) {
         return create_without_keys(conn, requests).await;
     }
@@ -208,14 +223,15 @@ async fn create_group(
         let order = new_order(&request.order, at);
         orders.push((i, order, normalized));
     }
+    let mut outgoing = Vec::new();
     if !orders.is_empty() {
         let events: Vec<(Event, &Causation)> = orders
             .iter()
             .map(|(i, order, _)| (created_event(order), &requests[*i].cause))
             .collect();
-        insert_with_events(orders.iter().map(|(_, o, _)| o), &events)
-            .execute(&mut *tx)
-            .await?;
+        let (insert, leased) = insert_with_events(orders.iter().map(|(_, o, _)| o), &events);
+        insert.execute(&mut *tx).await?;
+        outgoing = leased;
         for (i, order, normalized) in &orders {
             if let Some(key) = requests[*i].key.as_deref() {
                 sqlx::query("INSERT INTO idempotency_keys (key, request, status, response) VALUES ($1, $2, 201, $3)")
@@ -232,10 +248,13 @@ async fn create_group(
     for (i, order, _) in orders {
         results[i] = Some(Ok(Created::New(order)));
     }
-    Ok(results
-        .into_iter()
-        .map(|r| r.unwrap_or(Err(StoreError::Empty)))
-        .collect())
+    Ok(CreatedGroup {
+        results: results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Empty)))
+            .collect(),
+        events: outgoing,
+    })
 }
 
 async fn lock_key(tx: &mut PgConnection, key: &str) -> Result<bool, StoreError> {
@@ -253,7 +272,7 @@ async fn lock_key(tx: &mut PgConnection, key: &str) -> Result<bool, StoreError> 
 async fn create_without_keys(
     conn: &mut PgConnection,
     requests: &[CreateRequest],
-) -> Result<Vec<Result<Created, StoreError>>, StoreError> {
+) -> Result<CreatedGroup, StoreError> {
     let spans =
         actors::telemetry::batch_spans("INSERT orders", "INSERT", requests.iter().map(|r| &r.span));
     let at = actors::db::now();
@@ -263,11 +282,13 @@ async fn create_without_keys(
         .zip(requests)
         .map(|(order, request)| (created_event(order), &request.cause))
         .collect();
-    insert_with_events(orders.iter(), &events)
-        .execute(conn)
-        .await?;
+    let (insert, leased) = insert_with_events(orders.iter(), &events);
+    insert.execute(conn).await?;
     drop(spans);
-    Ok(orders.into_iter().map(|o| Ok(Created::New(o))).collect())
+    Ok(CreatedGroup {
+        results: orders.into_iter().map(|o| Ok(Created::New(o))).collect(),
+        events: leased,
+    })
 }
 
 fn new_order(new: &NewOrder, at: DateTime<Utc>) -> Order {
@@ -298,11 +319,16 @@ fn created_event(order: &Order) -> Event {
 
 /// One statement for a group of new orders and their events: the outbox rows in a
 /// data-modifying `WITH`, then one multi-row insert of the orders (all created at the same
-/// moment, the group's).
+/// moment, the group's). The rows are leased: each is its order's first event, so the
+/// relay may publish it as soon as the statement's transaction commits (the returned
+/// events), without selecting it.
 fn insert_with_events<'q, 'a>(
     orders: impl Iterator<Item = &'a Order>,
     events: &[(Event, &Causation)],
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+) -> (
+    sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    Vec<Outgoing>,
+) {
     let (mut ids, mut customers, mut currencies, mut items, mut totals) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut at = None;
@@ -316,21 +342,24 @@ fn insert_with_events<'q, 'a>(
     }
     let query = sqlx::query(concat!(
         "WITH new_events AS (",
-        actors::outbox_insert_from_params_1_to_6!(),
+        actors::outbox_insert_from_params_1_to_7!(),
         ")
          INSERT INTO orders (id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at)
-         SELECT id, customer_id, currency, items::jsonb, total_cents, 'pending', NULL, $12, $12
-           FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::int8[])
+         SELECT id, customer_id, currency, items::jsonb, total_cents, 'pending', NULL, $13, $13
+           FROM unnest($8::uuid[], $9::uuid[], $10::text[], $11::text[], $12::int8[])
                 AS t(id, customer_id, currency, items, total_cents)"
     ));
-    OutboxRows::new(events)
+    let mut rows = OutboxRows::new(events);
+    let leased = rows.leased();
+    let query = rows
         .bind_next(query)
         .bind(ids)
         .bind(customers)
         .bind(currencies)
         .bind(items)
         .bind(totals)
-        .bind(at.unwrap_or_else(actors::db::now))
+        .bind(at.unwrap_or_else(actors::db::now));
+    (query, leased)
 }
 
 #[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]

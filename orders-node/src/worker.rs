@@ -73,11 +73,11 @@ impl OrdersStore {
         creates: Vec<(CreateRequest, RpcReplyPort<Result<Created, StoreError>>)>,
     ) {
         let (requests, replies): (Vec<_>, Vec<_>) = creates.into_iter().unzip();
-        let results = store::create_many(&self.connections, &requests).await;
-        if results.iter().any(|r| matches!(r, Ok(Created::New(_)))) {
-            self.notifier.notify();
-        }
-        for (result, reply) in results.into_iter().zip(replies) {
+        let group = store::create_many(&self.connections, &requests).await;
+        // Published before the callers hear back: a reply wakes an HTTP task, and the
+        // events should not wait behind it.
+        self.notifier.publish(group.events);
+        for (result, reply) in group.results.into_iter().zip(replies) {
             match &result {
                 Ok(Created::New(_)) => self.count("created"),
                 Ok(Created::Replayed { .. }) => self.count("replayed"),

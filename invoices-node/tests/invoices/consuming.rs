@@ -638,7 +638,7 @@ async fn a_batch_of_creates_gives_each_event_its_own_outcome_and_event() {
         // Another event id for an order that has its invoice already.
         order_created(twice),
     ];
-    let outcomes = apply_order_events(
+    let applied = apply_order_events(
         &connections,
         &batch.iter().map(incoming).collect::<Vec<_>>(),
         terms,
@@ -646,7 +646,7 @@ async fn a_batch_of_creates_gives_each_event_its_own_outcome_and_event() {
     .await
     .unwrap();
     assert_eq!(
-        outcomes,
+        applied.outcomes,
         vec![
             (Outcome::Applied, Effect::Issued),
             (Outcome::Duplicate, Effect::Nothing),
@@ -681,6 +681,25 @@ async fn a_batch_of_creates_gives_each_event_its_own_outcome_and_event() {
     ];
     expected_events.sort();
     assert_eq!(events, expected_events);
+    // The new invoices' events, exactly the rows written for them, are handed over for the
+    // relay to publish at once.
+    let handed: Vec<(Uuid, String)> = applied
+        .events
+        .iter()
+        .map(|e| (e.event_id, e.routing_key.clone()))
+        .collect();
+    let written: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT event_id, routing_key FROM outbox WHERE aggregate_id = ANY($1) ORDER BY id",
+    )
+    .bind(vec![fresh, canceled])
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(handed, written);
+    assert_eq!(
+        handed.iter().map(|(_, k)| k.as_str()).collect::<Vec<_>>(),
+        ["invoice.issued", "invoice.voided"]
+    );
     let numbers: i64 = sqlx::query_scalar("SELECT count(DISTINCT number) FROM invoices")
         .fetch_one(&db)
         .await

@@ -271,3 +271,114 @@ async fn an_event_the_broker_refuses_is_parked_and_the_rest_of_the_outbox_goes_o
     db.close().await;
     node.shutdown().await;
 }
+
+/// A new order's `order.created` is published by its writer right after the commit, its
+/// row leased meanwhile. If the writer never hands it over (it crashed between its commit
+/// and the publish), no relay pass takes the row while the lease lasts — so no replica
+/// doubles a publish in flight — and a pass publishes it once the lease has ended.
+#[tokio::test]
+async fn an_event_never_handed_to_the_relay_leaves_once_its_lease_ends() {
+    use orders_node::domain::NewOrder;
+    use orders_node::store::{CreateRequest, Created, create_many};
+
+    let env = TestEnv::new();
+    let (node, _c) = spawn_orders(&env, &[("OUTBOX_POLL_INTERVAL", "200ms")]).await;
+    let db = env.pg(&env.database("orders")).await;
+    let amqp = env.amqp().await;
+    let mut events = amqp
+        .watch(contracts::topology::ORDERS_EXCHANGE, "order.created")
+        .await;
+
+    // The store's own commit, with nobody told afterwards: what a crash right after it
+    // leaves behind.
+    let connections = actors::db::Connections::new(db.clone());
+    let request = CreateRequest {
+        order: NewOrder::from_json(&testkit::order_body()).unwrap(),
+        key: None,
+        cause: Default::default(),
+        span: tracing::Span::none(),
+    };
+    let group = create_many(&connections, std::slice::from_ref(&request)).await;
+    let Some(Ok(Created::New(order))) = group.results.first() else {
+        panic!(
+            "the order was not created: {:?}",
+            group.results.first().map(|r| r.is_ok())
+        );
+    };
+    assert_eq!(group.events.len(), 1, "its event, to hand to the relay");
+    let (event_id, lease_until): (Uuid, chrono::DateTime<Utc>) =
+        sqlx::query_as("SELECT event_id, lease_until FROM outbox WHERE aggregate_id = $1")
+            .bind(order.id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(event_id, group.events[0].event_id);
+
+    let delivery = tokio::time::timeout(Duration::from_secs(30), events.recv())
+        .await
+        .expect("the event leaves after its lease")
+        .unwrap();
+    let received_at = Utc::now();
+    let event = contracts::decode(delivery.routing_key.as_str(), &delivery.data).unwrap();
+    assert_eq!(event.event_id(), event_id);
+    assert!(
+        received_at >= lease_until,
+        "published at {received_at}, before the lease ended at {lease_until}"
+    );
+    eventually("its row settled", Duration::from_secs(10), || async {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+        (left == 0).then_some(())
+    })
+    .await;
+    assert!(events.try_recv().is_err(), "published once");
+    drop(connections);
+    db.close().await;
+    node.shutdown().await;
+}
+
+/// A cancel committed while its order's `order.created` is still being published by its
+/// writer (its row leased) waits behind it: each order's events leave in the order written.
+#[tokio::test]
+async fn a_cancel_right_behind_its_create_leaves_after_it() {
+    let env = TestEnv::new();
+    let (node, c) = spawn_orders(&env, &[]).await;
+    let amqp = env.amqp().await;
+    let mut events = amqp
+        .watch(contracts::topology::ORDERS_EXCHANGE, "order.*")
+        .await;
+    let creates_and_cancels = (0..10).map(|_| {
+        let c = c.clone();
+        async move {
+            let order = create_order(&c).await;
+            let id = order["id"].as_str().unwrap().to_owned();
+            assert_eq!(
+                c.post_empty(&format!("/orders/{id}/cancel")).await.status,
+                200
+            );
+            id
+        }
+    });
+    let ids = futures_util::future::join_all(creates_and_cancels).await;
+    let mut seen: Vec<(String, &'static str)> = Vec::new();
+    while seen.len() < 20 {
+        let d = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .expect("every event leaves")
+            .unwrap();
+        let event = contracts::decode(d.routing_key.as_str(), &d.data).unwrap();
+        seen.push((event.order_id().to_string(), event.routing_key()));
+    }
+    for id in &ids {
+        let kinds: Vec<&str> = seen
+            .iter()
+            .filter(|(o, _)| o == id)
+            .map(|(_, k)| *k)
+            .collect();
+        assert_eq!(kinds, vec!["order.created", "order.canceled"], "order {id}");
+    }
+    node.shutdown().await;
+}
