@@ -13,15 +13,16 @@
 //!
 //! Takes also `Publish`: events a store has just committed under a lease
 //! ([`crate::outbox::OutboxRows::leased`]), published at once without a pass selecting
-//! them, then deleted (or stamped) by a [`Settler`] that gathers the confirmed ids of all
-//! such publishes finishing meanwhile into one statement. That takes the wake-up, the
+//! them (or, while [`DIRECT_DEPTH`] such publishes wait for confirms, gathered until one
+//! is done: `Flush`), then deleted (or stamped) by a [`Settler`] that gathers the
+//! confirmed ids of all such publishes finishing meanwhile into one statement. That takes the wake-up, the
 //! `BEGIN`, the `SELECT` and the pass's own commit off an order's way to the broker. If
 //! that publish fails, the rows stay leased for [`crate::outbox::DIRECT_LEASE`] and a pass
 //! takes them after it, as it does after a crash.
 //!
 //! On failure its supervisor restarts it; nothing is lost because state lives in the table.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,8 @@ pub enum RelayMsg {
     PassDone(Result<usize, String>),
     /// Leased events a store has just committed: publish them now.
     Publish(Vec<Outgoing>),
+    /// A direct publish got its confirms while leased events waited for it.
+    Flush,
     /// Fault injection (`FAULT_INJECTION=on`): panic, as a bug would.
     Panic,
 }
@@ -119,9 +122,23 @@ pub struct RelayState {
     selecting: usize,
     /// A wake-up came while passes were selecting: they may or may not see its rows.
     deferred: bool,
-    /// Publishes of leased events in flight.
+    /// Publishes of leased events in flight (until settled).
     direct: tokio::task::JoinSet<()>,
+    /// Leased events waiting for a direct publish to be free.
+    outgoing: Vec<Outgoing>,
+    flow: Arc<DirectFlow>,
     settler: Arc<Settler>,
+}
+
+/// Direct publishes waiting for their confirms, shared with their tasks. While
+/// [`DIRECT_DEPTH`] are, new leased events gather in the relay and leave together when one
+/// is done: one publish per event at low rates, fewer and bigger ones (fewer writes to the
+/// broker, fewer confirms) under load, as with group commit.
+#[derive(Default)]
+struct DirectFlow {
+    publishing: AtomicUsize,
+    /// Events gather: the publish that finishes next asks the relay for a `Flush`.
+    gathering: AtomicBool,
 }
 
 /// How long confirmed direct publishes gather before one statement settles them all.
@@ -129,9 +146,33 @@ pub struct RelayState {
 /// event of the same order waits behind a published one.
 const SETTLE_WINDOW: Duration = Duration::from_millis(50);
 
-/// Direct publishes in flight at most; past it, events wait for their lease to end and
-/// leave in a pass (a broker that slow is better served in big batches anyway).
-const MAX_DIRECT_IN_FLIGHT: usize = 256;
+/// One direct publish waiting for its confirms, counted in [`DirectFlow`] until dropped
+/// (its confirms came, or it failed, panicked or was aborted), when it asks the relay to
+/// publish what gathered meanwhile.
+struct Publishing(Arc<DirectFlow>, ActorRef<RelayMsg>);
+
+impl Publishing {
+    fn start(flow: Arc<DirectFlow>, relay: ActorRef<RelayMsg>) -> Self {
+        flow.publishing.fetch_add(1, Ordering::SeqCst);
+        Publishing(flow, relay)
+    }
+}
+
+impl Drop for Publishing {
+    fn drop(&mut self) {
+        self.0.publishing.fetch_sub(1, Ordering::SeqCst);
+        if self.0.gathering.swap(false, Ordering::SeqCst) {
+            let _ = self.1.cast(RelayMsg::Flush);
+        }
+    }
+}
+
+/// Direct publishes waiting for confirms at once.
+const DIRECT_DEPTH: usize = 2;
+
+/// Leased events gathered at most; past it, new ones wait for their lease to end and leave
+/// in a pass (a broker that slow is better served by a pass's big batches anyway).
+const MAX_GATHERED: usize = 4096;
 
 /// What one pass needs, detached from the actor so several can run at once.
 #[derive(Clone)]
@@ -182,6 +223,8 @@ impl Actor for OutboxRelay {
         Ok(RelayState {
             args,
             direct: tokio::task::JoinSet::new(),
+            outgoing: Vec::new(),
+            flow: Arc::default(),
             settler,
             channel: None,
             failures: 0,
@@ -254,7 +297,13 @@ impl Actor for OutboxRelay {
                     state.settler.woken.store(true, Ordering::Release);
                 }
             }
-            RelayMsg::Publish(events) => self.publish_now(&myself, state, events).await,
+            RelayMsg::Publish(events) => {
+                if state.failures == 0 && state.outgoing.len() < MAX_GATHERED {
+                    state.outgoing.extend(events);
+                    self.publish_gathered(&myself, state).await;
+                }
+            }
+            RelayMsg::Flush => self.publish_gathered(&myself, state).await,
             RelayMsg::Selected => {
                 state.selecting = state.selecting.saturating_sub(1);
                 if std::mem::take(&mut state.deferred) {
@@ -317,17 +366,20 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes leased events in a task of their own, unless the broker is failing or too
-    /// many are in flight: then they wait for their lease to end.
-    async fn publish_now(
-        &self,
-        myself: &ActorRef<RelayMsg>,
-        state: &mut RelayState,
-        events: Vec<Outgoing>,
-    ) {
-        if state.failures > 0 || state.direct.len() >= MAX_DIRECT_IN_FLIGHT {
+    /// Publishes the gathered leased events in a task of their own, unless
+    /// [`DIRECT_DEPTH`] publishes already wait for confirms: then they keep gathering.
+    async fn publish_gathered(&self, myself: &ActorRef<RelayMsg>, state: &mut RelayState) {
+        if state.outgoing.is_empty() || state.failures > 0 {
             return;
         }
+        // Said before looking, so that a publish finishing meanwhile asks for a flush
+        // (one that finds nothing gathered does nothing).
+        state.flow.gathering.store(true, Ordering::SeqCst);
+        if state.flow.publishing.load(Ordering::SeqCst) >= DIRECT_DEPTH {
+            return;
+        }
+        state.flow.gathering.store(false, Ordering::SeqCst);
+        let events = std::mem::take(&mut state.outgoing);
         let channel = match confirm_channel(state).await {
             Ok(channel) => channel,
             Err(e) => {
@@ -335,16 +387,20 @@ impl OutboxRelay {
                 return;
             }
         };
-        let (me, settler, metrics) = (
+        let (me, settler, metrics, flow) = (
             myself.clone(),
             state.settler.clone(),
             state.args.metrics.clone(),
+            state.flow.clone(),
         );
         let app_id = state.args.app_id.clone();
+        let publishing = Publishing::start(flow, me.clone());
         state.direct.spawn(async move {
             let started = Instant::now();
             let rows: Vec<&Outgoing> = events.iter().collect();
-            match publish_rows(&channel, &app_id, &metrics, &rows).await {
+            let published = publish_rows(&channel, &app_id, &metrics, &rows).await;
+            drop(publishing);
+            match published {
                 Ok(acks) => {
                     let (acked, refused): (Vec<_>, Vec<_>) =
                         events.iter().zip(acks).partition(|(_, ack)| *ack);
@@ -375,6 +431,8 @@ impl OutboxRelay {
 
     fn failed(&self, state: &mut RelayState, error: &str) {
         state.channel = None;
+        // Gathered events wait for their lease to end, then leave in a pass.
+        state.outgoing.clear();
         state.failures += 1;
         let delay = crate::backoff::exponential(
             state.args.backoff_min,
