@@ -366,20 +366,34 @@ impl OutboxRelay {
         }
     }
 
-    /// Publishes the gathered leased events in a task of their own, unless
-    /// [`DIRECT_DEPTH`] publishes already wait for confirms: then they keep gathering.
+    /// Publishes the gathered leased events, up to `OUTBOX_BATCH_SIZE` per publish, each in
+    /// a task of its own, while fewer than [`DIRECT_DEPTH`] publishes wait for confirms;
+    /// the rest keep gathering.
     async fn publish_gathered(&self, myself: &ActorRef<RelayMsg>, state: &mut RelayState) {
-        if state.outgoing.is_empty() || state.failures > 0 {
-            return;
+        while !state.outgoing.is_empty() && state.failures == 0 {
+            // Said before looking, so that a publish finishing meanwhile asks for a flush
+            // (one that finds nothing gathered does nothing).
+            state.flow.gathering.store(true, Ordering::SeqCst);
+            if state.flow.publishing.load(Ordering::SeqCst) >= DIRECT_DEPTH {
+                return;
+            }
+            state.flow.gathering.store(false, Ordering::SeqCst);
+            let n = state
+                .outgoing
+                .len()
+                .min(state.args.batch_size.max(1) as usize);
+            let events: Vec<Outgoing> = state.outgoing.drain(..n).collect();
+            self.publish_direct(myself, state, events).await;
         }
-        // Said before looking, so that a publish finishing meanwhile asks for a flush
-        // (one that finds nothing gathered does nothing).
-        state.flow.gathering.store(true, Ordering::SeqCst);
-        if state.flow.publishing.load(Ordering::SeqCst) >= DIRECT_DEPTH {
-            return;
-        }
-        state.flow.gathering.store(false, Ordering::SeqCst);
-        let events = std::mem::take(&mut state.outgoing);
+    }
+
+    /// Publishes leased events in a task of their own, then settles them.
+    async fn publish_direct(
+        &self,
+        myself: &ActorRef<RelayMsg>,
+        state: &mut RelayState,
+        events: Vec<Outgoing>,
+    ) {
         let channel = match confirm_channel(state).await {
             Ok(channel) => channel,
             Err(e) => {
