@@ -494,9 +494,10 @@ async fn take_rows<'c>(
 ) -> Result<(sqlx::Transaction<'c, sqlx::Postgres>, Vec<Outgoing>), RelayError> {
     let mut tx = conn.begin().await?;
     // A row is taken only if it is its order's oldest pending one (parked, leased and
-    // locked rows still count), and not while its writer's lease on it lasts. Asked as a per-row subquery, that is one probe of the by-order index
-    // per candidate; as `NOT EXISTS`, it became an anti join that the planner, with the
-    // statistics of an almost empty outbox, ran as a full index scan per candidate.
+    // locked rows still count), and not while its writer's lease on it lasts. Asked as a
+    // per-row subquery, that is one probe of the by-order index per candidate; as
+    // `NOT EXISTS`, it became an anti join that the planner, with the statistics of an
+    // almost empty outbox, ran as a full index scan per candidate.
     let rows: Vec<Outgoing> = sqlx::query_as(
         "SELECT o.event_id, o.exchange, o.routing_key, o.payload, o.headers, o.created_at
            FROM outbox o
