@@ -117,6 +117,33 @@ async fn an_event_for_an_unknown_order_is_dead_lettered_and_consumption_goes_on(
     node.shutdown().await;
 }
 
+/// Takes the next two events per order of `ids` (each within `within`) and checks that
+/// every order's `order.created` left before its `order.canceled`.
+async fn each_created_then_canceled(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<lapin::message::Delivery>,
+    ids: &[String],
+    within: Duration,
+    leaving: &str,
+) {
+    let mut seen: Vec<(String, &'static str)> = Vec::new();
+    while seen.len() < 2 * ids.len() {
+        let d = tokio::time::timeout(within, events.recv())
+            .await
+            .expect(leaving)
+            .unwrap();
+        let event = contracts::decode(d.routing_key.as_str(), &d.data).unwrap();
+        seen.push((event.order_id().to_string(), event.routing_key()));
+    }
+    for id in ids {
+        let kinds: Vec<&str> = seen
+            .iter()
+            .filter(|(o, _)| o == id)
+            .map(|(_, k)| *k)
+            .collect();
+        assert_eq!(kinds, vec!["order.created", "order.canceled"], "order {id}");
+    }
+}
+
 #[tokio::test]
 async fn while_the_broker_is_away_events_wait_and_then_leave_in_the_order_written() {
     let env = TestEnv::new();
@@ -159,23 +186,13 @@ async fn while_the_broker_is_away_events_wait_and_then_leave_in_the_order_writte
 
     // The broker comes back.
     gate.open();
-    let mut seen: Vec<(String, &'static str)> = Vec::new();
-    while seen.len() < 20 {
-        let d = tokio::time::timeout(Duration::from_secs(15), events.recv())
-            .await
-            .expect("the backlog drains")
-            .unwrap();
-        let event = contracts::decode(d.routing_key.as_str(), &d.data).unwrap();
-        seen.push((event.order_id().to_string(), event.routing_key()));
-    }
-    for id in &ids {
-        let kinds: Vec<&str> = seen
-            .iter()
-            .filter(|(o, _)| o == id)
-            .map(|(_, k)| *k)
-            .collect();
-        assert_eq!(kinds, vec!["order.created", "order.canceled"], "order {id}");
-    }
+    each_created_then_canceled(
+        &mut events,
+        &ids,
+        Duration::from_secs(15),
+        "the backlog drains",
+    )
+    .await;
     eventually("backlog empty", Duration::from_secs(5), || async {
         (metric(&c.get("/metrics").await.text, "outbox_pending_events", &[]) == Some(0.0))
             .then_some(())
@@ -363,22 +380,12 @@ async fn a_cancel_right_behind_its_create_leaves_after_it() {
         }
     });
     let ids = futures_util::future::join_all(creates_and_cancels).await;
-    let mut seen: Vec<(String, &'static str)> = Vec::new();
-    while seen.len() < 20 {
-        let d = tokio::time::timeout(Duration::from_secs(30), events.recv())
-            .await
-            .expect("every event leaves")
-            .unwrap();
-        let event = contracts::decode(d.routing_key.as_str(), &d.data).unwrap();
-        seen.push((event.order_id().to_string(), event.routing_key()));
-    }
-    for id in &ids {
-        let kinds: Vec<&str> = seen
-            .iter()
-            .filter(|(o, _)| o == id)
-            .map(|(_, k)| *k)
-            .collect();
-        assert_eq!(kinds, vec!["order.created", "order.canceled"], "order {id}");
-    }
+    each_created_then_canceled(
+        &mut events,
+        &ids,
+        Duration::from_secs(30),
+        "every event leaves",
+    )
+    .await;
     node.shutdown().await;
 }
