@@ -189,7 +189,6 @@ async fn apply_order_events_on(
     batch: &[Incoming],
     terms: Duration,
 ) -> Result<AppliedBatch, StoreError> {
-    let mut tx = conn.begin().await?;
     let creates: Vec<&OrderCreated> = batch
         .iter()
         .filter_map(|i| match &i.event {
@@ -198,25 +197,22 @@ async fn apply_order_events_on(
         })
         .collect();
     let distinct: HashSet<Uuid> = creates.iter().map(|e| e.order_id).collect();
-    let applied =
-        if !batch.is_empty() && creates.len() == batch.len() && distinct.len() == batch.len() {
-            issue_distinct(&mut tx, batch, &creates, terms).await?
-        } else {
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for incoming in batch {
-                let outcome =
-                    apply_order_event(&mut tx, &incoming.event, terms, &incoming.delivered.cause)
-                        .instrument(incoming.delivered.span.clone())
-                        .await?;
-                outcomes.push(outcome);
-            }
-            AppliedBatch {
-                outcomes,
-                events: Vec::new(),
-            }
-        };
+    if !batch.is_empty() && creates.len() == batch.len() && distinct.len() == batch.len() {
+        return issue_distinct(conn, batch, &creates, terms).await;
+    }
+    let mut tx = conn.begin().await?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for incoming in batch {
+        let outcome = apply_order_event(&mut tx, &incoming.event, terms, &incoming.delivered.cause)
+            .instrument(incoming.delivered.span.clone())
+            .await?;
+        outcomes.push(outcome);
+    }
     tx.commit().await?;
-    Ok(applied)
+    Ok(AppliedBatch {
+        outcomes,
+        events: Vec::new(),
+    })
 }
 
 /// What a batch of `order.*` events gave: an outcome and effect per event, and the events
@@ -227,16 +223,16 @@ pub struct AppliedBatch {
 }
 
 /// A batch of valid `order.created` events for different orders (the steady state): the
-/// same rules as [`issue`], in two statements for the whole batch. The first takes each
-/// order's lock (in one order for every batch, so two batches never wait on each other in a
-/// cycle) and draws its invoice number; the second, whose snapshot is taken once the locks
-/// are held and so sees any cancel that came first, records the inbox rows, inserts the
-/// invoices (born void after a cancel) and their events. Both versions of each event, issued
-/// and voided, are encoded here and the statement keeps the one that matches the invoice.
-/// An event delivered before draws a number it does not use, a gap in the sequence like a
-/// rolled-back transaction's.
+/// same rules as [`issue`], in two round trips and no explicit transaction. The first draws
+/// the invoice numbers (a sequence is outside transactions anyway); the second is one call
+/// of the `issue_invoices` function (see its migration), which commits by itself: it takes
+/// each order's lock, then, with a snapshot that sees any cancel that came first, records
+/// the inbox rows, inserts the invoices (born void after a cancel) and their events. Both
+/// versions of each event, issued and voided, are encoded here and the function keeps the
+/// one that matches the invoice. An event delivered before draws a number it does not use,
+/// a gap in the sequence like a rolled-back transaction's.
 async fn issue_distinct(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     batch: &[Incoming],
     creates: &[&OrderCreated],
     terms: Duration,
@@ -246,16 +242,13 @@ async fn issue_distinct(
         "INSERT",
         batch.iter().map(|i| &i.delivered.span),
     );
-    let mut order_ids: Vec<Uuid> = creates.iter().map(|e| e.order_id).collect();
-    order_ids.sort();
     let numbers: std::collections::HashMap<Uuid, i64> = sqlx::query_as(
         "SELECT t.id, nextval('invoice_number_seq')
            FROM unnest($1::uuid[]) WITH ORDINALITY AS t(id, n)
-          WHERE pg_advisory_xact_lock(hashtextextended(t.id::text, 0)) IS NOT NULL
           ORDER BY n",
     )
-    .bind(&order_ids)
-    .fetch_all(&mut *tx)
+    .bind(creates.iter().map(|e| e.order_id).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
     .await?
     .into_iter()
     .collect();
@@ -302,41 +295,9 @@ async fn issue_distinct(
         invoices.push((id, number, *e));
     }
     let statement = sqlx::query(
-        "WITH e AS (
-             SELECT * FROM unnest($8::uuid[], $9::uuid[], $10::text[], $11::uuid[], $12::uuid[],
-                                  $13::text[], $14::int8[])
-                      WITH ORDINALITY
-                      AS e(event_id, invoice_id, number, order_id, customer_id, currency, amount_cents, n)
-         ),
-         fresh AS (
-             INSERT INTO inbox (event_id, event_type)
-             SELECT event_id, 'order.created' FROM e
-             ON CONFLICT DO NOTHING
-             RETURNING event_id
-         ),
-         issued AS (
-             INSERT INTO invoices (id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, voided_at)
-             SELECT invoice_id, number, order_id, customer_id, currency, amount_cents, status, $16, $17,
-                    CASE WHEN status = 'void' THEN $16 END
-               FROM (SELECT e.*, CASE WHEN EXISTS (SELECT 1 FROM canceled_orders c WHERE c.order_id = e.order_id)
-                                      THEN 'void' ELSE 'issued' END AS status
-                       FROM e JOIN fresh ON fresh.event_id = e.event_id) f
-              ORDER BY n
-             ON CONFLICT (order_id) DO NOTHING
-             RETURNING order_id, status
-         ),
-         published AS (
-             INSERT INTO outbox (event_id, aggregate_id, exchange, routing_key, payload, headers, lease_until)
-             SELECT o.event_id, o.aggregate_id, o.exchange, o.routing_key, o.payload, o.headers::jsonb,
-                    now() + $7::float8 * interval '1 second'
-               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bytea[], $6::text[], $15::text[])
-                    WITH ORDINALITY AS o(event_id, aggregate_id, exchange, routing_key, payload, headers, if_status, n)
-               JOIN issued ON issued.order_id = o.aggregate_id AND issued.status = o.if_status
-              ORDER BY o.n
-         )
-         SELECT e.order_id, fresh.event_id IS NOT NULL, issued.status
-           FROM e LEFT JOIN fresh ON fresh.event_id = e.event_id
-                  LEFT JOIN issued ON issued.order_id = e.order_id",
+        "SELECT order_id, first, status
+           FROM issue_invoices($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                               $15, $16, $17)",
     );
     // Each invoice's event is its order's first in this outbox (the invoice is new), so it
     // is leased and handed to the relay after the commit.
@@ -364,7 +325,7 @@ async fn issue_distinct(
         .bind(event_statuses)
         .bind(issued_at)
         .bind(due_at)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
     let mut outcomes = std::collections::HashMap::with_capacity(rows.len());
     let mut statuses = std::collections::HashMap::with_capacity(rows.len());

@@ -310,6 +310,68 @@ async fn cancel_voids_an_issued_invoice_keeps_a_paid_one_and_precedes_a_late_cre
     node.shutdown().await;
 }
 
+/// Another replica handling the order's cancel holds the order's lock while this node's
+/// create waits for it: once that cancel commits, the create must see it (its snapshot is
+/// taken after the lock) and make the invoice void, never issue it.
+#[tokio::test]
+async fn a_create_that_waited_for_a_cancel_on_another_replica_sees_it_and_is_born_void() {
+    let env = TestEnv::new();
+    let amqp = env.amqp().await;
+    let mut voided_events = amqp
+        .watch(topology::INVOICES_EXCHANGE, "invoice.voided")
+        .await;
+    let (node, c) = spawn_invoices(&env, &[]).await;
+    let db = env.pg(&env.database("invoices")).await;
+    let order = Uuid::new_v4();
+
+    // What the other replica's cancel does, in its transaction: the lock, then the record.
+    let mut other_replica = db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(order)
+        .execute(&mut *other_replica)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO canceled_orders (order_id, canceled_at) VALUES ($1, now())")
+        .bind(order)
+        .execute(&mut *other_replica)
+        .await
+        .unwrap();
+    amqp.publish_event(&order_created(order)).await;
+    eventually(
+        "the create waits for the lock",
+        Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+            )
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            (waiting == 1).then_some(())
+        },
+    )
+    .await;
+    other_replica.commit().await.unwrap();
+
+    let invoice = eventually("the invoice", Duration::from_secs(10), || async {
+        invoices_of(&c, order).await.pop()
+    })
+    .await;
+    assert_eq!(invoice["status"], "void", "{invoice}");
+    let d = tokio::time::timeout(Duration::from_secs(10), voided_events.recv())
+        .await
+        .expect("invoice.voided")
+        .unwrap();
+    let Event::InvoiceVoided(e) = contracts::decode("invoice.voided", &d.data).unwrap() else {
+        panic!()
+    };
+    assert_eq!(e.order_id, order);
+    assert_eq!(e.invoice_id.to_string(), invoice["id"].as_str().unwrap());
+    db.close().await;
+    node.shutdown().await;
+}
+
 #[tokio::test]
 async fn with_the_database_away_deliveries_are_retried_with_backoff_not_dead_lettered() {
     let env = TestEnv::new();
