@@ -54,6 +54,8 @@ pub enum RelayMsg {
     Publish(Vec<Outgoing>),
     /// A direct publish got its confirms while leased events waited for it.
     Flush,
+    /// A direct publish failed: these leased events were not published.
+    Unpublished(Vec<uuid::Uuid>),
     /// Fault injection (`FAULT_INJECTION=on`): panic, as a bug would.
     Panic,
 }
@@ -128,6 +130,8 @@ pub struct RelayState {
     outgoing: Vec<Outgoing>,
     flow: Arc<DirectFlow>,
     settler: Arc<Settler>,
+    /// Leased events handed over but not published (see [`MAX_STRANDED`]).
+    stranded: Vec<uuid::Uuid>,
 }
 
 /// Direct publishes waiting for their confirms, shared with their tasks. While
@@ -170,9 +174,18 @@ impl Drop for Publishing {
 /// Direct publishes waiting for confirms at once.
 const DIRECT_DEPTH: usize = 2;
 
-/// Leased events gathered at most; past it, new ones wait for their lease to end and leave
-/// in a pass (a broker that slow is better served by a pass's big batches anyway).
+/// Leased events gathered at most; past it, new ones are stranded (a broker that slow is
+/// better served by a pass's big batches anyway).
 const MAX_GATHERED: usize = 4096;
+
+/// Stranded events remembered at most: events handed over that the relay could not gather
+/// (past [`MAX_GATHERED`], or while it cannot publish) or whose direct publish failed.
+/// Their rows would wait for their lease to end, 5 s after their commit, even if the broker
+/// was back after a moment (RabbitMQ pauses for a second or more each time its quorum-queue
+/// log rolls over). The relay remembers their ids (16 bytes each) and, once it can publish
+/// again, ends their leases in one statement and runs a pass. Past this many, the rest wait
+/// for their leases.
+const MAX_STRANDED: usize = 65_536;
 
 /// What one pass needs, detached from the actor so several can run at once.
 #[derive(Clone)]
@@ -226,6 +239,7 @@ impl Actor for OutboxRelay {
             outgoing: Vec::new(),
             flow: Arc::default(),
             settler,
+            stranded: Vec::new(),
             channel: None,
             failures: 0,
             next_attempt: now,
@@ -301,9 +315,12 @@ impl Actor for OutboxRelay {
                 if state.failures == 0 && state.outgoing.len() < MAX_GATHERED {
                     state.outgoing.extend(events);
                     self.publish_gathered(&myself, state).await;
+                } else {
+                    strand(state, events.iter().map(|e| e.event_id));
                 }
             }
             RelayMsg::Flush => self.publish_gathered(&myself, state).await,
+            RelayMsg::Unpublished(ids) => strand(state, ids.into_iter()),
             RelayMsg::Selected => {
                 state.selecting = state.selecting.saturating_sub(1);
                 if std::mem::take(&mut state.deferred) {
@@ -312,6 +329,7 @@ impl Actor for OutboxRelay {
             }
             RelayMsg::Tick => {
                 state.dirty = true;
+                release_stranded(&myself, state);
                 if !state.args.retention.is_zero()
                     && state.last_cleanup.elapsed() > Duration::from_secs(600)
                 {
@@ -326,6 +344,7 @@ impl Actor for OutboxRelay {
                     update_backlog_metrics(state).await;
                 }
                 state.failures = 0;
+                release_stranded(&myself, state);
                 // A full batch: more may wait.
                 state.dirty |= rows >= state.args.batch_size as usize;
             }
@@ -397,6 +416,7 @@ impl OutboxRelay {
         let channel = match confirm_channel(state).await {
             Ok(channel) => channel,
             Err(e) => {
+                strand(state, events.iter().map(|e| e.event_id));
                 self.failed(state, &e.to_string());
                 return;
             }
@@ -437,6 +457,8 @@ impl OutboxRelay {
                         .observe(started.elapsed().as_secs_f64());
                 }
                 Err(e) => {
+                    let ids = events.iter().map(|e| e.event_id).collect();
+                    let _ = me.cast(RelayMsg::Unpublished(ids));
                     let _ = me.cast(RelayMsg::PassDone(Err(e.to_string())));
                 }
             }
@@ -445,8 +467,9 @@ impl OutboxRelay {
 
     fn failed(&self, state: &mut RelayState, error: &str) {
         state.channel = None;
-        // Gathered events wait for their lease to end, then leave in a pass.
-        state.outgoing.clear();
+        // Gathered events leave in a pass once the relay can publish again.
+        let gathered = std::mem::take(&mut state.outgoing);
+        strand(state, gathered.iter().map(|e| e.event_id));
         state.failures += 1;
         let delay = crate::backoff::exponential(
             state.args.backoff_min,
@@ -459,6 +482,50 @@ impl OutboxRelay {
             tracing::warn!(error, failures = state.failures, retry_in = ?delay, "outbox relay cannot publish; events wait in the outbox");
         }
     }
+}
+
+/// Remembers leased events the relay was handed but did not publish, up to [`MAX_STRANDED`].
+fn strand(state: &mut RelayState, ids: impl Iterator<Item = uuid::Uuid>) {
+    let room = MAX_STRANDED.saturating_sub(state.stranded.len());
+    state.stranded.extend(ids.take(room));
+}
+
+/// While the relay can publish, ends the leases of the stranded events (in a task, so the
+/// relay's mailbox does not wait on the database) and then wakes the relay for a pass.
+/// Should that fail, their leases end by themselves.
+fn release_stranded(myself: &ActorRef<RelayMsg>, state: &mut RelayState) {
+    if state.failures > 0 || state.stranded.is_empty() {
+        return;
+    }
+    let ids = std::mem::take(&mut state.stranded);
+    let (connections, me) = (state.args.connections.clone(), myself.clone());
+    tokio::spawn(async move {
+        match connections
+            .run(async |conn| end_leases(conn, &ids).await)
+            .await
+        {
+            Ok(()) => {
+                let _ = me.cast(RelayMsg::Wake);
+            }
+            Err(e) => tracing::debug!(error = %e, "stranded events wait for their leases"),
+        }
+    });
+}
+
+/// Ends the leases of these rows if still pending. A row a pass holds (its lease ended
+/// meanwhile) is skipped rather than waited for: it is being published anyway.
+async fn end_leases(conn: &mut sqlx::PgConnection, ids: &[uuid::Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET lease_until = NULL
+          WHERE event_id IN (SELECT event_id FROM outbox
+                              WHERE event_id = ANY($1) AND lease_until IS NOT NULL
+                                AND published_at IS NULL
+                                FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 async fn pass_of(state: &mut RelayState) -> Result<Pass, RelayError> {

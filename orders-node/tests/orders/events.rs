@@ -357,6 +357,66 @@ async fn an_event_never_handed_to_the_relay_leaves_once_its_lease_ends() {
     node.shutdown().await;
 }
 
+/// Events handed to a relay that cannot publish (the broker away) do not wait for their
+/// leases once it can again: it ends those leases itself and a pass takes the rows. (Had
+/// they waited, each would arrive only once its lease ended, as in the test above.)
+#[tokio::test]
+async fn events_handed_over_while_the_broker_is_away_leave_before_their_leases_end() {
+    let env = TestEnv::new();
+    let broker: std::net::SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    let gate = testkit::gate::Gate::start(broker, false).await;
+    let url = env.amqp_url_via(&gate);
+    let (node, c) = spawn_orders(&env, &[("AMQP_URL", url.as_str())]).await;
+    let db = env.pg(&env.database("orders")).await;
+    let amqp = env.amqp().await;
+    let mut events = amqp
+        .watch(contracts::topology::ORDERS_EXCHANGE, "order.created")
+        .await;
+
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let order = create_order(&c).await;
+        ids.push(Uuid::parse_str(order["id"].as_str().unwrap()).unwrap());
+    }
+    let leases: Vec<Option<chrono::DateTime<Utc>>> =
+        sqlx::query_scalar("SELECT lease_until FROM outbox ORDER BY id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    assert_eq!(leases.len(), 5, "each order's event waits in the outbox");
+    let first_lease_end = leases
+        .iter()
+        .map(|l| l.expect("written with a lease"))
+        .min()
+        .unwrap();
+
+    gate.open();
+    let mut arrived = Vec::new();
+    while arrived.len() < ids.len() {
+        let delivery = tokio::time::timeout(Duration::from_secs(15), events.recv())
+            .await
+            .expect("the events leave once the broker is back")
+            .unwrap();
+        let Event::OrderCreated(e) =
+            contracts::decode(delivery.routing_key.as_str(), &delivery.data).unwrap()
+        else {
+            panic!("not an order.created")
+        };
+        arrived.push(e.order_id);
+    }
+    let last_arrival = Utc::now();
+    arrived.sort();
+    ids.sort();
+    assert_eq!(arrived, ids);
+    assert!(
+        last_arrival < first_lease_end,
+        "the last event arrived at {last_arrival}, after the first lease ended at \
+         {first_lease_end}: the events waited for their leases"
+    );
+    db.close().await;
+    node.shutdown().await;
+}
+
 /// A cancel committed while its order's `order.created` is still being published by its
 /// writer (its row leased) waits behind it: each order's events leave in the order written.
 #[tokio::test]
