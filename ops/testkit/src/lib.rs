@@ -22,6 +22,26 @@ use serde_json::Value;
 
 pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// Runs `rabbitmqctl` without blocking the test's runtime, and fails the test if it fails.
+///
+/// Use this (not [`rabbitmqctl`]) once a node runs in the test's process: the node's tasks
+/// share the test's runtime, and `rabbitmqctl` (an Erlang VM starting) takes seconds on a
+/// loaded machine. Called in a loop from a blocking call, it starved an in-process node
+/// whose broker connection was still being opened, so that connection never showed up.
+pub async fn rabbitmqctl_async(args: &[&str]) -> String {
+    let out = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .expect("rabbitmqctl runs (is RabbitMQ installed?)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Runs `rabbitmqctl` and fails the test if it fails.
 pub fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
@@ -98,34 +118,32 @@ impl TestEnv {
     }
 
     /// Closes every client connection to this test's vhost (and no other).
-    pub fn close_broker_connections(&self) {
-        rabbitmqctl(&[
+    pub async fn close_broker_connections(&self) {
+        rabbitmqctl_async(&[
             "close_all_connections",
             "-p",
             &self.vhost,
             "test: connections closed under the node",
-        ]);
+        ])
+        .await;
     }
 
     /// The broker's ids of the running connections to this test's vhost whose client name
     /// (a node names its connections `<node> publish` and `<node> consume`) contains
     /// `client`: a node shut down just before may still be listed while its connections
     /// close.
-    pub fn broker_connections(&self, client: &str) -> Vec<String> {
-        let out = Command::new("rabbitmqctl")
-            .args([
-                "list_connections",
-                "-q",
-                "-p",
-                &self.vhost,
-                "pid",
-                "state",
-                "client_properties",
-            ])
-            .output()
-            .expect("rabbitmqctl runs");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
+    pub async fn broker_connections(&self, client: &str) -> Vec<String> {
+        let out = rabbitmqctl_async(&[
+            "list_connections",
+            "-q",
+            "-p",
+            &self.vhost,
+            "pid",
+            "state",
+            "client_properties",
+        ])
+        .await;
+        out.lines()
             .map(str::trim)
             .filter(|l| l.starts_with('<') && l.contains("running") && l.contains(client))
             .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
@@ -133,8 +151,8 @@ impl TestEnv {
     }
 
     /// Closes one client connection of this test's vhost, by its broker id.
-    pub fn close_broker_connection(&self, id: &str) {
-        rabbitmqctl(&["close_connection", id, "test: one connection closed"]);
+    pub async fn close_broker_connection(&self, id: &str) {
+        rabbitmqctl_async(&["close_connection", id, "test: one connection closed"]).await;
     }
 
     pub async fn amqp(&self) -> Amqp {

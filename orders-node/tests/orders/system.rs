@@ -204,7 +204,7 @@ async fn closing_the_broker_connections_under_the_nodes_they_recover_by_themselv
     let first = create_order(&oc).await;
     wait_status(&oc, first["id"].as_str().unwrap(), "invoiced").await;
 
-    env.close_broker_connections();
+    env.close_broker_connections().await;
     // Accepted while the links reconnect: the outbox holds the event.
     let second = create_order(&oc).await;
     wait_status(&oc, second["id"].as_str().unwrap(), "invoiced").await;
@@ -245,7 +245,7 @@ async fn publishing_and_consuming_have_their_own_connections_so_one_failing_leav
             let name = format!("orders-node {link}");
             async move {
                 eventually(&name, Duration::from_secs(10), || async {
-                    let c = env.broker_connections(&name);
+                    let c = env.broker_connections(&name).await;
                     (c.len() == 1).then(|| c[0].clone())
                 })
                 .await
@@ -255,7 +255,7 @@ async fn publishing_and_consuming_have_their_own_connections_so_one_failing_leav
         let kept = connection_of(other).await;
         let before = oc.get("/metrics").await.text;
         let (failing_before, other_before) = (connects(&before, failing), connects(&before, other));
-        env.close_broker_connection(&doomed);
+        env.close_broker_connection(&doomed).await;
         eventually(
             &format!("the {failing} link reconnected"),
             Duration::from_secs(30),
@@ -274,6 +274,7 @@ async fn publishing_and_consuming_have_their_own_connections_so_one_failing_leav
         );
         assert!(
             env.broker_connections(&format!("orders-node {other}"))
+                .await
                 .contains(&kept),
             "the {other} link's connection changed"
         );
