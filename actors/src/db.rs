@@ -401,22 +401,32 @@ mod tests {
             "{}/{name}",
             base.rsplit_once('/').map_or("", |b| b.0)
         ));
-        let node = connect_and_migrate(&url, 2, shared_migrator())
-            .await
-            .expect("the database is created and migrated");
-        let settings: Vec<String> = sqlx::query_scalar(
-            "SELECT current_setting(s) FROM unnest(ARRAY['plan_cache_mode', 'enable_seqscan',
-                    'enable_bitmapscan', 'enable_hashjoin', 'enable_mergejoin']) AS s",
-        )
-        .fetch_all(&node)
+        // Read inside, asserted after the database is dropped: a failed migration or read
+        // must not leave the database behind.
+        let settings = async {
+            let node = connect_and_migrate(&url, 2, shared_migrator())
+                .await
+                .map_err(|e| format!("create and migrate: {e}"))?;
+            let settings: Result<Vec<String>, _> = sqlx::query_scalar(
+                "SELECT current_setting(s) FROM unnest(ARRAY['plan_cache_mode', 'enable_seqscan',
+                        'enable_bitmapscan', 'enable_hashjoin', 'enable_mergejoin']) AS s",
+            )
+            .fetch_all(&node)
+            .await;
+            node.close().await;
+            settings.map_err(|e| format!("read the settings: {e}"))
+        }
+        .await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&admin)
         .await
-        .expect("settings read");
-        node.close().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
-            .execute(&admin)
-            .await
-            .expect("the test database is dropped");
-        assert_eq!(settings, ["force_generic_plan", "off", "off", "off", "off"]);
+        .expect("the test database is dropped");
+        assert_eq!(
+            settings.expect("the database is created, migrated and read"),
+            ["force_generic_plan", "off", "off", "off", "off"]
+        );
     }
 
     #[tokio::test]
