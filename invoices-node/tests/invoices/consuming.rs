@@ -218,6 +218,31 @@ async fn poison_messages_land_in_the_dlq_and_the_node_goes_on() {
     node.shutdown().await;
 }
 
+/// Takes `order`'s lock in `tx`, as the node does before applying an event of that order
+/// (the lock is held until `tx` ends).
+async fn lock_order(tx: &mut sqlx::PgConnection, order: Uuid) {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
+        .bind(order)
+        .execute(tx)
+        .await
+        .unwrap();
+}
+
+/// The next `invoice.voided` a watch receives, decoded; fails the test after 10 s.
+async fn next_voided(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<lapin::message::Delivery>,
+    what: &str,
+) -> contracts::InvoiceVoided {
+    let d = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect(what)
+        .unwrap();
+    let Event::InvoiceVoided(e) = contracts::decode("invoice.voided", &d.data).unwrap() else {
+        panic!("{what}: not an invoice.voided")
+    };
+    e
+}
+
 #[tokio::test]
 async fn cancel_voids_an_issued_invoice_keeps_a_paid_one_and_precedes_a_late_create() {
     let env = TestEnv::new();
@@ -242,13 +267,7 @@ async fn cancel_voids_an_issued_invoice_keeps_a_paid_one_and_precedes_a_late_cre
             .filter(|i| i["status"] == "void")
     })
     .await;
-    let d = tokio::time::timeout(Duration::from_secs(10), voided_events.recv())
-        .await
-        .expect("invoice.voided")
-        .unwrap();
-    let Event::InvoiceVoided(e) = contracts::decode("invoice.voided", &d.data).unwrap() else {
-        panic!()
-    };
+    let e = next_voided(&mut voided_events, "invoice.voided").await;
     assert_eq!(e.invoice_id.to_string(), voided["id"].as_str().unwrap());
 
     // Paid, then canceled: stays paid.
@@ -290,13 +309,7 @@ async fn cancel_voids_an_issued_invoice_keeps_a_paid_one_and_precedes_a_late_cre
     })
     .await;
     assert_eq!(inv["status"], "void");
-    let d = tokio::time::timeout(Duration::from_secs(10), voided_events.recv())
-        .await
-        .expect("the late order's invoice.voided")
-        .unwrap();
-    let Event::InvoiceVoided(e) = contracts::decode("invoice.voided", &d.data).unwrap() else {
-        panic!()
-    };
+    let e = next_voided(&mut voided_events, "the late order's invoice.voided").await;
     assert_eq!(e.order_id, late);
     while let Ok(d) = issued_events.try_recv() {
         let Event::InvoiceIssued(e) = contracts::decode("invoice.issued", &d.data).unwrap() else {
@@ -326,11 +339,7 @@ async fn a_create_that_waited_for_a_cancel_on_another_replica_sees_it_and_is_bor
 
     // What the other replica's cancel does, in its transaction: the lock, then the record.
     let mut other_replica = db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
-        .bind(order)
-        .execute(&mut *other_replica)
-        .await
-        .unwrap();
+    lock_order(&mut other_replica, order).await;
     sqlx::query("INSERT INTO canceled_orders (order_id, canceled_at) VALUES ($1, now())")
         .bind(order)
         .execute(&mut *other_replica)
@@ -359,13 +368,7 @@ async fn a_create_that_waited_for_a_cancel_on_another_replica_sees_it_and_is_bor
     })
     .await;
     assert_eq!(invoice["status"], "void", "{invoice}");
-    let d = tokio::time::timeout(Duration::from_secs(10), voided_events.recv())
-        .await
-        .expect("invoice.voided")
-        .unwrap();
-    let Event::InvoiceVoided(e) = contracts::decode("invoice.voided", &d.data).unwrap() else {
-        panic!()
-    };
+    let e = next_voided(&mut voided_events, "invoice.voided").await;
     assert_eq!(e.order_id, order);
     assert_eq!(e.invoice_id.to_string(), invoice["id"].as_str().unwrap());
     db.close().await;
@@ -445,11 +448,7 @@ async fn a_failing_event_in_a_batch_is_retried_alone_and_dead_lettered_and_its_b
 
     // Hold the first order's lock, so the lane parks on it and the rest pile up behind.
     let mut holder = db.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))")
-        .bind(orders[0])
-        .execute(&mut *holder)
-        .await
-        .unwrap();
+    lock_order(&mut holder, orders[0]).await;
     for id in &orders {
         amqp.publish_event(&order_created(*id)).await;
     }
