@@ -2,8 +2,8 @@
 //!
 //! Store workers are a pool of supervised `actors::supervision::PullWorker`s sharing one
 //! queue (`invoices-node/store/worker-N`); each takes everything that waits and hands it to
-//! [`InvoicesStore`], which serves the jobs one by one (a batch of deliveries is one job,
-//! applied in one transaction). State lives in PostgreSQL, with the payment terms in
+//! [`InvoicesStore`], which applies the consumer's batches of deliveries among them in one
+//! transaction (`actors::amqp::merge`) and serves the rest one by one. State lives in PostgreSQL, with the payment terms in
 //! config; after committing events the store wakes the outbox relay.
 //! On failure (panic) a worker's supervisor, `invoices-node/store`, restarts it with
 //! backoff; the callers of the batch it held get a 503, deliveries are retried.
@@ -14,7 +14,8 @@ use ractor::RpcReplyPort;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use actors::amqp::{Incoming, Outcome};
+use actors::amqp::merge::{self, BatchReply};
+use actors::amqp::{HandleError, Incoming, Outcome};
 use actors::db::Connections;
 use actors::metrics::Metrics;
 use actors::outbox::Causation;
@@ -39,10 +40,11 @@ pub enum StoreMsg {
         cause: Causation,
         reply: RpcReplyPort<Result<Invoice, StoreError>>,
     },
-    /// A batch of `order.*` deliveries, applied in one transaction.
+    /// A batch of `order.*` deliveries, applied in one transaction (with the other lanes'
+    /// batches the same worker takes; see `actors::amqp::merge`).
     ApplyOrderEvents {
         batch: Vec<Incoming>,
-        reply: RpcReplyPort<Result<Vec<Outcome>, StoreError>>,
+        reply: BatchReply,
     },
 }
 
@@ -83,34 +85,34 @@ impl InvoicesStore {
                 let _ = reply.send(result.map(|(invoice, _)| invoice));
             }
             StoreMsg::ApplyOrderEvents { batch, reply } => {
-                let result =
-                    store::apply_order_events(&self.connections, &batch, self.payment_terms).await;
-                // Events the relay publishes at once; any others wait for a pass.
-                let mut leased = false;
-                let result = result.map(|applied| {
-                    leased = !applied.events.is_empty();
-                    self.notifier.publish(applied.events);
-                    applied.outcomes
-                });
-                if let Ok(outcomes) = &result {
-                    let mut published = false;
-                    for (_, effect) in outcomes {
-                        match effect {
-                            Effect::Issued => self.count("issued"),
-                            Effect::Voided | Effect::IssuedVoid => self.count("voided"),
-                            Effect::Tombstoned | Effect::Nothing => {}
-                        }
-                        published |=
-                            matches!(effect, Effect::Issued | Effect::Voided | Effect::IssuedVoid);
-                    }
-                    if published && !leased {
-                        self.notifier.notify();
-                    }
-                }
-                let _ =
-                    reply.send(result.map(|o| o.into_iter().map(|(outcome, _)| outcome).collect()));
+                let _ = reply.send(self.apply_order_events(&batch).await);
             }
         }
+    }
+
+    async fn apply_order_events(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, HandleError> {
+        let applied =
+            store::apply_order_events(&self.connections, batch, self.payment_terms).await?;
+        // Events the relay publishes at once; any others wait for a pass.
+        let leased = !applied.events.is_empty();
+        self.notifier.publish(applied.events);
+        let mut published = false;
+        for (_, effect) in &applied.outcomes {
+            match effect {
+                Effect::Issued => self.count("issued"),
+                Effect::Voided | Effect::IssuedVoid => self.count("voided"),
+                Effect::Tombstoned | Effect::Nothing => {}
+            }
+            published |= matches!(effect, Effect::Issued | Effect::Voided | Effect::IssuedVoid);
+        }
+        if published && !leased {
+            self.notifier.notify();
+        }
+        Ok(applied
+            .outcomes
+            .into_iter()
+            .map(|(outcome, _)| outcome)
+            .collect())
     }
 }
 
@@ -118,7 +120,22 @@ impl Batches for InvoicesStore {
     type Job = StoreMsg;
 
     async fn handle(&self, jobs: Vec<StoreMsg>) {
+        let mut consumed = Vec::new();
+        let mut others = Vec::new();
         for job in jobs {
+            match job {
+                StoreMsg::ApplyOrderEvents { batch, reply } => consumed.push((batch, reply)),
+                other => others.push(other),
+            }
+        }
+        let (events, merged, alone) = merge::merge(consumed);
+        if !events.is_empty() {
+            merged.answer(self.apply_order_events(&events).await);
+        }
+        for (batch, reply) in alone {
+            let _ = reply.send(self.apply_order_events(&batch).await);
+        }
+        for job in others {
             self.serve(job).await;
         }
     }

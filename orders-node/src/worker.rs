@@ -3,7 +3,8 @@
 //! Store workers are a pool of supervised `actors::supervision::PullWorker`s sharing one
 //! queue (`orders-node/store/worker-N`); each takes everything that waits (up to
 //! `STORE_BATCH_SIZE`) and hands it to [`OrdersStore`]. The creates among those jobs commit
-//! together in one transaction (group commit), the rest are served one by one. State lives
+//! together in one transaction (group commit), and so do the consumer's batches of
+//! `invoice.*` events (`actors::amqp::merge`); the rest are served one by one. State lives
 //! in PostgreSQL; after committing events the store wakes the outbox relay.
 //! On failure (panic) a worker's supervisor, `orders-node/store`, restarts it with backoff;
 //! the callers of the batch it held get a 503 (nothing of an uncommitted batch was kept).
@@ -12,7 +13,8 @@ use ractor::RpcReplyPort;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use actors::amqp::{Incoming, Outcome};
+use actors::amqp::merge::{self, BatchReply};
+use actors::amqp::{HandleError, Incoming, Outcome};
 use actors::db::Connections;
 use actors::metrics::Metrics;
 use actors::outbox::Causation;
@@ -42,10 +44,11 @@ pub enum StoreMsg {
         cause: Causation,
         reply: RpcReplyPort<Result<Order, StoreError>>,
     },
-    /// A batch of `invoice.*` deliveries, applied in one transaction.
+    /// A batch of `invoice.*` deliveries, applied in one transaction (with the other lanes'
+    /// batches the same worker takes; see `actors::amqp::merge`).
     ApplyInvoiceEvents {
         batch: Vec<Incoming>,
-        reply: RpcReplyPort<Result<Vec<Outcome>, StoreError>>,
+        reply: BatchReply,
     },
 }
 
@@ -110,20 +113,21 @@ impl OrdersStore {
                 let _ = reply.send(result.map(|(order, _)| order));
             }
             StoreMsg::ApplyInvoiceEvents { batch, reply } => {
-                let result = store::apply_invoice_events(&self.connections, &batch).await;
-                if let Ok(outcomes) = &result {
-                    for (_, status) in outcomes {
-                        match status {
-                            Some(OrderStatus::Invoiced) => self.count("invoiced"),
-                            Some(OrderStatus::Paid) => self.count("paid"),
-                            _ => {}
-                        }
-                    }
-                }
-                let _ =
-                    reply.send(result.map(|o| o.into_iter().map(|(outcome, _)| outcome).collect()));
+                let _ = reply.send(self.apply_invoice_events(&batch).await);
             }
         }
+    }
+
+    async fn apply_invoice_events(&self, batch: &[Incoming]) -> Result<Vec<Outcome>, HandleError> {
+        let outcomes = store::apply_invoice_events(&self.connections, batch).await?;
+        for (_, status) in &outcomes {
+            match status {
+                Some(OrderStatus::Invoiced) => self.count("invoiced"),
+                Some(OrderStatus::Paid) => self.count("paid"),
+                _ => {}
+            }
+        }
+        Ok(outcomes.into_iter().map(|(outcome, _)| outcome).collect())
     }
 }
 
@@ -132,15 +136,24 @@ impl Batches for OrdersStore {
 
     async fn handle(&self, jobs: Vec<StoreMsg>) {
         let mut creates = Vec::new();
+        let mut consumed = Vec::new();
         let mut others = Vec::new();
         for job in jobs {
             match job {
                 StoreMsg::Create { request, reply } => creates.push((request, reply)),
+                StoreMsg::ApplyInvoiceEvents { batch, reply } => consumed.push((batch, reply)),
                 other => others.push(other),
             }
         }
         if !creates.is_empty() {
             self.create_all(creates).await;
+        }
+        let (events, merged, alone) = merge::merge(consumed);
+        if !events.is_empty() {
+            merged.answer(self.apply_invoice_events(&events).await);
+        }
+        for (batch, reply) in alone {
+            let _ = reply.send(self.apply_invoice_events(&batch).await);
         }
         for job in others {
             self.serve(job).await;

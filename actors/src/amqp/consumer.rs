@@ -81,7 +81,7 @@ pub enum Outcome {
 }
 
 /// Why a whole batch was not applied (nothing of it committed).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HandleError {
     /// A dependency is down (database): retry with backoff, indefinitely.
     #[error("unavailable: {0}")]

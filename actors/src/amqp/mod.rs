@@ -1,11 +1,13 @@
 //! RabbitMQ: the [`link`] actor owns the connection; [`consumer`] bridges deliveries into
 //! actor messages (`dispatch` hands them to its lanes, and `acks` acknowledges them in as
-//! few frames as it may); [`topology`] declares the contract's exchanges and queues.
+//! few frames as it may); [`merge`] lets a store worker apply the batches of several lanes
+//! in one transaction; [`topology`] declares the contract's exchanges and queues.
 
 mod acks;
 pub mod consumer;
 mod dispatch;
 pub mod link;
+pub mod merge;
 pub mod topology;
 
 pub use consumer::{

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod batching;
 mod config;
 mod consuming;
 mod crash;
