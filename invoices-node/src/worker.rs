@@ -3,8 +3,9 @@
 //! Store workers are a pool of supervised `actors::supervision::PullWorker`s sharing one
 //! queue (`invoices-node/store/worker-N`); each takes everything that waits and hands it to
 //! [`InvoicesStore`], which applies the consumer's batches of deliveries among them in one
-//! transaction (`actors::amqp::merge`) and serves the rest one by one. State lives in PostgreSQL, with the payment terms in
-//! config; after committing events the store wakes the outbox relay.
+//! transaction (`actors::amqp::merge`) and serves the rest one by one. State lives in
+//! PostgreSQL, with the payment terms in config; after committing events the store wakes
+//! the outbox relay.
 //! On failure (panic) a worker's supervisor, `invoices-node/store`, restarts it with
 //! backoff; the callers of the batch it held get a 503, deliveries are retried.
 
@@ -128,13 +129,10 @@ impl Batches for InvoicesStore {
                 other => others.push(other),
             }
         }
-        let (events, merged, alone) = merge::merge(consumed);
-        if !events.is_empty() {
-            merged.answer(self.apply_order_events(&events).await);
-        }
-        for (batch, reply) in alone {
-            let _ = reply.send(self.apply_order_events(&batch).await);
-        }
+        merge::apply_all(consumed, |batch| async move {
+            self.apply_order_events(&batch).await
+        })
+        .await;
         for job in others {
             self.serve(job).await;
         }

@@ -148,13 +148,10 @@ impl Batches for OrdersStore {
         if !creates.is_empty() {
             self.create_all(creates).await;
         }
-        let (events, merged, alone) = merge::merge(consumed);
-        if !events.is_empty() {
-            merged.answer(self.apply_invoice_events(&events).await);
-        }
-        for (batch, reply) in alone {
-            let _ = reply.send(self.apply_invoice_events(&batch).await);
-        }
+        merge::apply_all(consumed, |batch| async move {
+            self.apply_invoice_events(&batch).await
+        })
+        .await;
         for job in others {
             self.serve(job).await;
         }

@@ -11,6 +11,8 @@
 //! A merged batch that fails fails for each of its batches, which then retry their events
 //! alone, as after any failed batch; nothing of it was committed.
 
+use std::future::Future;
+
 use ractor::RpcReplyPort;
 
 use super::consumer::{HandleError, Incoming, Outcome};
@@ -22,13 +24,13 @@ pub type BatchReply = RpcReplyPort<Result<Vec<Outcome>, HandleError>>;
 pub type LaneBatch = (Vec<Incoming>, BatchReply);
 
 /// Who gets which share of a merged batch's outcomes.
-pub struct Merged {
+struct Merged {
     shares: Vec<(usize, BatchReply)>,
 }
 
 /// Merges every batch of several events into one (in the order given); batches of one
 /// event come back untouched, to be applied alone.
-pub fn merge(batches: Vec<LaneBatch>) -> (Vec<Incoming>, Merged, Vec<LaneBatch>) {
+fn merge(batches: Vec<LaneBatch>) -> (Vec<Incoming>, Merged, Vec<LaneBatch>) {
     let mut events = Vec::new();
     let mut shares = Vec::new();
     let mut alone = Vec::new();
@@ -43,9 +45,25 @@ pub fn merge(batches: Vec<LaneBatch>) -> (Vec<Incoming>, Merged, Vec<LaneBatch>)
     (events, Merged { shares }, alone)
 }
 
+/// Applies the lanes' batches a worker took: the merged ones in one call of `apply`, each
+/// single event in a call of its own; every lane gets its answer.
+pub async fn apply_all<F, Fut>(batches: Vec<LaneBatch>, apply: F)
+where
+    F: Fn(Vec<Incoming>) -> Fut,
+    Fut: Future<Output = Result<Vec<Outcome>, HandleError>>,
+{
+    let (events, merged, alone) = merge(batches);
+    if !events.is_empty() {
+        merged.answer(apply(events).await);
+    }
+    for (batch, reply) in alone {
+        let _ = reply.send(apply(batch).await);
+    }
+}
+
 impl Merged {
     /// Answers each batch with its own outcomes, or with the error of the whole.
-    pub fn answer(self, result: Result<Vec<Outcome>, HandleError>) {
+    fn answer(self, result: Result<Vec<Outcome>, HandleError>) {
         match result {
             Ok(outcomes) => {
                 let mut outcomes = outcomes.into_iter();
