@@ -32,27 +32,24 @@ pub async fn rabbitmqctl_async(args: &[&str]) -> String {
     let out = tokio::process::Command::new("rabbitmqctl")
         .args(args)
         .output()
-        .await
-        .expect("rabbitmqctl runs (is RabbitMQ installed?)");
+        .await;
+    rabbitmqctl_stdout(args, out)
+}
+
+/// Runs `rabbitmqctl` and fails the test if it fails.
+pub fn rabbitmqctl(args: &[&str]) {
+    rabbitmqctl_stdout(args, Command::new("rabbitmqctl").args(args).output());
+}
+
+/// What `rabbitmqctl` printed; fails the test if it did not run or failed.
+fn rabbitmqctl_stdout(args: &[&str], out: std::io::Result<std::process::Output>) -> String {
+    let out = out.expect("rabbitmqctl runs (is RabbitMQ installed?)");
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `rabbitmqctl` and fails the test if it fails.
-pub fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs (is RabbitMQ installed?)");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One test's isolated slice of the real services.
