@@ -4,7 +4,8 @@
 //! queue (`orders-node/store/worker-N`); each takes everything that waits (up to
 //! `STORE_BATCH_SIZE`) and hands it to [`OrdersStore`]. The creates among those jobs commit
 //! together in one transaction (group commit), and so do the consumer's batches of
-//! `invoice.*` events (`actors::amqp::merge`); the rest are served one by one. State lives
+//! `invoice.*` events (`actors::amqp::merge`), the two transactions side by side; the rest
+//! are served one by one. State lives
 //! in PostgreSQL; after committing events the store wakes the outbox relay.
 //! On failure (panic) a worker's supervisor, `orders-node/store`, restarts it with backoff;
 //! the callers of the batch it held get a 503 (nothing of an uncommitted batch was kept).
@@ -145,13 +146,19 @@ impl Batches for OrdersStore {
                 other => others.push(other),
             }
         }
-        if !creates.is_empty() {
-            self.create_all(creates).await;
-        }
-        merge::apply_all(consumed, |batch| async move {
-            self.apply_invoice_events(&batch).await
-        })
-        .await;
+        // Side by side, on two connections: a create's answer should not wait for the
+        // commit of consumed events that happened to be taken with it, nor they for it.
+        // They touch different rows (a create inserts orders no event names yet).
+        tokio::join!(
+            async {
+                if !creates.is_empty() {
+                    self.create_all(creates).await;
+                }
+            },
+            merge::apply_all(consumed, |batch| async move {
+                self.apply_invoice_events(&batch).await
+            }),
+        );
         for job in others {
             self.serve(job).await;
         }
