@@ -5,8 +5,8 @@
 //! `STORE_BATCH_SIZE`) and hands it to [`OrdersStore`]. The creates among those jobs commit
 //! together in one transaction (group commit), and so do the consumer's batches of
 //! `invoice.*` events (`actors::amqp::merge`), the two transactions side by side; the rest
-//! are served one by one. State lives
-//! in PostgreSQL; after committing events the store wakes the outbox relay.
+//! are served one by one. State lives in PostgreSQL; after committing events the store
+//! wakes the outbox relay.
 //! On failure (panic) a worker's supervisor, `orders-node/store`, restarts it with backoff;
 //! the callers of the batch it held get a 503 (nothing of an uncommitted batch was kept).
 
