@@ -14,7 +14,7 @@ use actors::supervision::WorkerPool;
 
 use crate::domain::InvoiceStatus;
 use crate::store::{ListFilter, StoreError};
-use crate::worker::StoreMsg;
+use crate::worker::{SingleJob, StoreMsg};
 
 #[derive(Clone)]
 pub struct InvoiceRoutes {
@@ -89,7 +89,9 @@ impl InvoiceRoutes {
 
     async fn get(&self, id: &str) -> Result<Response, Problem> {
         let id = path_uuid(id)?;
-        let invoice = self.ask(|reply| StoreMsg::Get { id, reply }).await?;
+        let invoice = self
+            .ask(|reply| StoreMsg::Single(SingleJob::Get { id, reply }))
+            .await?;
         Ok(json_response(StatusCode::OK, &invoice))
     }
 
@@ -117,7 +119,9 @@ impl InvoiceRoutes {
             after: params.cursor,
             limit: params.limit,
         };
-        let rows = self.ask(|reply| StoreMsg::List { filter, reply }).await?;
+        let rows = self
+            .ask(|reply| StoreMsg::Single(SingleJob::List { filter, reply }))
+            .await?;
         let page = Page::from_rows(rows, params.limit, |i| Cursor {
             at: i.issued_at,
             id: i.id,
@@ -128,7 +132,9 @@ impl InvoiceRoutes {
     async fn pay(&self, req: &HttpRequest, id: &str) -> Result<Response, Problem> {
         let id = path_uuid(id)?;
         let cause = req.causation();
-        let invoice = self.ask(|reply| StoreMsg::Pay { id, cause, reply }).await?;
+        let invoice = self
+            .ask(|reply| StoreMsg::Single(SingleJob::Pay { id, cause, reply }))
+            .await?;
         Ok(json_response(StatusCode::OK, &invoice))
     }
 }

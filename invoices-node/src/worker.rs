@@ -26,8 +26,20 @@ use actors::supervision::Batches;
 use crate::domain::Invoice;
 use crate::store::{self, Effect, ListFilter, StoreError};
 
-/// A job for the store workers.
+/// A job for the store workers: the kind a worker batches, and the rest.
 pub enum StoreMsg {
+    /// A batch of `order.*` deliveries, applied in one transaction (with the other lanes'
+    /// batches the same worker takes; see `actors::amqp::merge`).
+    ApplyOrderEvents {
+        batch: Vec<Incoming>,
+        reply: BatchReply,
+    },
+    /// Served one by one, after the batches the worker took with it.
+    Single(SingleJob),
+}
+
+/// A store job served on its own.
+pub enum SingleJob {
     Get {
         id: Uuid,
         reply: RpcReplyPort<Result<Invoice, StoreError>>,
@@ -40,12 +52,6 @@ pub enum StoreMsg {
         id: Uuid,
         cause: Causation,
         reply: RpcReplyPort<Result<Invoice, StoreError>>,
-    },
-    /// A batch of `order.*` deliveries, applied in one transaction (with the other lanes'
-    /// batches the same worker takes; see `actors::amqp::merge`).
-    ApplyOrderEvents {
-        batch: Vec<Incoming>,
-        reply: BatchReply,
     },
 }
 
@@ -69,24 +75,21 @@ impl InvoicesStore {
             .inc();
     }
 
-    async fn serve(&self, job: StoreMsg) {
+    async fn serve(&self, job: SingleJob) {
         match job {
-            StoreMsg::Get { id, reply } => {
+            SingleJob::Get { id, reply } => {
                 let _ = reply.send(store::get(&self.pool, id).await);
             }
-            StoreMsg::List { filter, reply } => {
+            SingleJob::List { filter, reply } => {
                 let _ = reply.send(store::list(&self.pool, &filter).await);
             }
-            StoreMsg::Pay { id, cause, reply } => {
+            SingleJob::Pay { id, cause, reply } => {
                 let result = store::pay(&self.pool, id, &cause).await;
                 if let Ok((_, true)) = &result {
                     self.notifier.notify();
                     self.count("paid");
                 }
                 let _ = reply.send(result.map(|(invoice, _)| invoice));
-            }
-            StoreMsg::ApplyOrderEvents { batch, reply } => {
-                let _ = reply.send(self.apply_order_events(&batch).await);
             }
         }
     }
@@ -126,7 +129,7 @@ impl Batches for InvoicesStore {
         for job in jobs {
             match job {
                 StoreMsg::ApplyOrderEvents { batch, reply } => consumed.push((batch, reply)),
-                other => others.push(other),
+                StoreMsg::Single(job) => others.push(job),
             }
         }
         merge::apply_all(consumed, |batch| async move {

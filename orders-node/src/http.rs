@@ -14,7 +14,7 @@ use actors::supervision::WorkerPool;
 
 use crate::domain::{self, NewOrder, OrderStatus};
 use crate::store::{CreateRequest, Created, ListFilter, StoreError};
-use crate::worker::StoreMsg;
+use crate::worker::{SingleJob, StoreMsg};
 
 #[derive(Clone)]
 pub struct OrderRoutes {
@@ -150,7 +150,9 @@ impl OrderRoutes {
 
     async fn get(&self, id: &str) -> Result<Response, Problem> {
         let id = path_uuid(id)?;
-        let order = self.ask(|reply| StoreMsg::Get { id, reply }).await?;
+        let order = self
+            .ask(|reply| StoreMsg::Single(SingleJob::Get { id, reply }))
+            .await?;
         Ok(json_response(StatusCode::OK, &order))
     }
 
@@ -178,7 +180,9 @@ impl OrderRoutes {
             after: params.cursor,
             limit: params.limit,
         };
-        let rows = self.ask(|reply| StoreMsg::List { filter, reply }).await?;
+        let rows = self
+            .ask(|reply| StoreMsg::Single(SingleJob::List { filter, reply }))
+            .await?;
         let page = Page::from_rows(rows, params.limit, |o| actors::http::Cursor {
             at: o.created_at,
             id: o.id,
@@ -195,11 +199,13 @@ impl OrderRoutes {
         };
         let cause = req.causation();
         let order = self
-            .ask(|reply| StoreMsg::Cancel {
-                id,
-                reason,
-                cause,
-                reply,
+            .ask(|reply| {
+                StoreMsg::Single(SingleJob::Cancel {
+                    id,
+                    reason,
+                    cause,
+                    reply,
+                })
             })
             .await?;
         Ok(json_response(StatusCode::OK, &order))

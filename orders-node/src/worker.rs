@@ -25,12 +25,24 @@ use actors::supervision::Batches;
 use crate::domain::{Order, OrderStatus};
 use crate::store::{self, CreateRequest, Created, ListFilter, StoreError};
 
-/// A job for the store workers.
+/// A job for the store workers: the kinds a worker batches, and the rest.
 pub enum StoreMsg {
     Create {
         request: CreateRequest,
         reply: RpcReplyPort<Result<Created, StoreError>>,
     },
+    /// A batch of `invoice.*` deliveries, applied in one transaction (with the other lanes'
+    /// batches the same worker takes; see `actors::amqp::merge`).
+    ApplyInvoiceEvents {
+        batch: Vec<Incoming>,
+        reply: BatchReply,
+    },
+    /// Served one by one, after the batches the worker took with it.
+    Single(SingleJob),
+}
+
+/// A store job served on its own.
+pub enum SingleJob {
     Get {
         id: Uuid,
         reply: RpcReplyPort<Result<Order, StoreError>>,
@@ -44,12 +56,6 @@ pub enum StoreMsg {
         reason: Option<String>,
         cause: Causation,
         reply: RpcReplyPort<Result<Order, StoreError>>,
-    },
-    /// A batch of `invoice.*` deliveries, applied in one transaction (with the other lanes'
-    /// batches the same worker takes; see `actors::amqp::merge`).
-    ApplyInvoiceEvents {
-        batch: Vec<Incoming>,
-        reply: BatchReply,
     },
 }
 
@@ -91,16 +97,15 @@ impl OrdersStore {
         }
     }
 
-    async fn serve(&self, job: StoreMsg) {
+    async fn serve(&self, job: SingleJob) {
         match job {
-            StoreMsg::Create { request, reply } => self.create_all(vec![(request, reply)]).await,
-            StoreMsg::Get { id, reply } => {
+            SingleJob::Get { id, reply } => {
                 let _ = reply.send(store::get(&self.pool, id).await);
             }
-            StoreMsg::List { filter, reply } => {
+            SingleJob::List { filter, reply } => {
                 let _ = reply.send(store::list(&self.pool, &filter).await);
             }
-            StoreMsg::Cancel {
+            SingleJob::Cancel {
                 id,
                 reason,
                 cause,
@@ -112,9 +117,6 @@ impl OrdersStore {
                     self.count("canceled");
                 }
                 let _ = reply.send(result.map(|(order, _)| order));
-            }
-            StoreMsg::ApplyInvoiceEvents { batch, reply } => {
-                let _ = reply.send(self.apply_invoice_events(&batch).await);
             }
         }
     }
@@ -143,7 +145,7 @@ impl Batches for OrdersStore {
             match job {
                 StoreMsg::Create { request, reply } => creates.push((request, reply)),
                 StoreMsg::ApplyInvoiceEvents { batch, reply } => consumed.push((batch, reply)),
-                other => others.push(other),
+                StoreMsg::Single(job) => others.push(job),
             }
         }
         // Side by side, on two connections: a create's answer should not wait for the
