@@ -82,6 +82,9 @@ impl OrdersStore {
         &self,
         creates: Vec<(CreateRequest, RpcReplyPort<Result<Created, StoreError>>)>,
     ) {
+        if creates.is_empty() {
+            return;
+        }
         let (requests, replies): (Vec<_>, Vec<_>) = creates.into_iter().unzip();
         let group = store::create_many(&self.connections, &requests).await;
         // Published before the callers hear back: a reply wakes an HTTP task, and the
@@ -152,11 +155,7 @@ impl Batches for OrdersStore {
         // commit of consumed events that happened to be taken with it, nor they for it.
         // They touch different rows (a create inserts orders no event names yet).
         tokio::join!(
-            async {
-                if !creates.is_empty() {
-                    self.create_all(creates).await;
-                }
-            },
+            self.create_all(creates),
             merge::apply_all(consumed, |batch| async move {
                 self.apply_invoice_events(&batch).await
             }),
