@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use serde::Serialize;
 
 use crate::metrics::Metrics;
@@ -146,6 +146,10 @@ pub struct WorkerPool<J> {
     workers: Arc<[ChildHandle<WorkerMsg>]>,
     queue: WorkQueue<J>,
     next_fault: Arc<AtomicUsize>,
+    /// Per worker, the incarnation last told to panic. It is not told again: a second
+    /// `Panic` would wait in its mailbox and be lost with it, so a caller would be told of a
+    /// fault that never happens. Its restarted successor has another id.
+    told_to_panic: Arc<[Mutex<Option<ActorId>>]>,
 }
 
 impl<J> Clone for WorkerPool<J> {
@@ -154,6 +158,7 @@ impl<J> Clone for WorkerPool<J> {
             workers: self.workers.clone(),
             queue: self.queue.clone(),
             next_fault: self.next_fault.clone(),
+            told_to_panic: self.told_to_panic.clone(),
         }
     }
 }
@@ -161,12 +166,14 @@ impl<J> Clone for WorkerPool<J> {
 impl<J: Send + 'static> WorkerPool<J> {
     /// `size` workers sharing a queue of at most `capacity` waiting jobs.
     pub fn new(size: usize, capacity: usize) -> Self {
+        let size = size.max(1);
         let workers: Vec<ChildHandle<WorkerMsg>> =
-            (0..size.max(1)).map(|_| ChildHandle::default()).collect();
+            (0..size).map(|_| ChildHandle::default()).collect();
         Self {
             workers: workers.into(),
             queue: WorkQueue::new(capacity),
             next_fault: Arc::new(AtomicUsize::new(0)),
+            told_to_panic: (0..size).map(|_| Mutex::new(None)).collect(),
         }
     }
 
@@ -199,12 +206,27 @@ impl<J: Send + 'static> WorkerPool<J> {
             .collect()
     }
 
-    /// Makes one running worker panic, a different one on each call. `false` if none runs.
+    /// Makes one running worker panic, a different one on each call. `false` if none runs
+    /// that has not been told to panic already.
     pub fn inject_panic(&self) -> bool {
+        let n = self.workers.len();
         let start = self.next_fault.fetch_add(1, Ordering::Relaxed);
-        (0..self.workers.len())
-            .find_map(|i| self.workers[(start + i) % self.workers.len()].get())
-            .is_some_and(|w| w.cast(WorkerMsg::Panic).is_ok())
+        (0..n).map(|i| (start + i) % n).any(|i| {
+            let Some(worker) = self.workers[i].get() else {
+                return false;
+            };
+            let mut told = self.told_to_panic[i]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *told == Some(worker.get_id()) {
+                return false;
+            }
+            let sent = worker.cast(WorkerMsg::Panic).is_ok();
+            if sent {
+                *told = Some(worker.get_id());
+            }
+            sent
+        })
     }
 }
 

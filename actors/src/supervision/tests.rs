@@ -150,3 +150,51 @@ fn backoff_doubles_and_is_capped() {
     assert_eq!(p.backoff(4), Duration::from_millis(800));
     assert_eq!(p.backoff(9), Duration::from_secs(1));
 }
+
+/// A pool worker's handler with nothing to do.
+struct Idle;
+
+impl Batches for Idle {
+    type Job = ();
+    async fn handle(&self, _: Vec<()>) {}
+}
+
+#[tokio::test]
+async fn a_worker_told_to_panic_is_not_told_again_until_it_was_restarted() {
+    let pool = WorkerPool::<()>::new(1, 16);
+    let tree = ActorTree::default();
+    let args = SupervisorArgs {
+        path: "pool".into(),
+        children: pool.child_specs(Arc::new(Idle), 16),
+        policy: RestartPolicy {
+            backoff_min: Duration::from_millis(10),
+            ..Default::default()
+        },
+        tree: tree.clone(),
+        metrics: Metrics::new("test"),
+    };
+    let (sup, join) = Actor::spawn(None, Supervisor, args).await.expect("starts");
+    wait_for("worker up", || {
+        tree.get("pool/worker-0")
+            .is_some_and(|i| i.state == ActorState::Running)
+    })
+    .await;
+
+    assert!(pool.inject_panic(), "the running worker is told to panic");
+    // Told already, dying or not yet: another `Panic` would be lost with it.
+    assert!(!pool.inject_panic(), "the same worker is not told twice");
+    wait_for("restart", || {
+        tree.get("pool/worker-0")
+            .is_some_and(|i| i.restarts == 1 && i.state == ActorState::Running)
+    })
+    .await;
+    assert!(pool.inject_panic(), "its successor can be told");
+    wait_for("second restart", || {
+        tree.get("pool/worker-0")
+            .is_some_and(|i| i.restarts == 2 && i.state == ActorState::Running)
+    })
+    .await;
+
+    sup.stop(None);
+    join.await.expect("stops");
+}
