@@ -54,8 +54,12 @@ pub enum RelayMsg {
     Publish(Vec<Outgoing>),
     /// A direct publish got its confirms while leased events waited for it.
     Flush,
-    /// A direct publish failed: these leased events were not published.
-    Unpublished(Vec<uuid::Uuid>),
+    /// A direct publish failed: its leased events were not published, and the broker
+    /// link is in doubt, as after a failed pass.
+    DirectFailed {
+        unpublished: Vec<uuid::Uuid>,
+        error: String,
+    },
     /// Fault injection (`FAULT_INJECTION=on`): panic, as a bug would.
     Panic,
 }
@@ -320,7 +324,10 @@ impl Actor for OutboxRelay {
                 }
             }
             RelayMsg::Flush => self.publish_gathered(&myself, state).await,
-            RelayMsg::Unpublished(ids) => strand(state, ids.into_iter()),
+            RelayMsg::DirectFailed { unpublished, error } => {
+                strand(state, unpublished.into_iter());
+                self.failed(state, &error);
+            }
             RelayMsg::Selected => {
                 state.selecting = state.selecting.saturating_sub(1);
                 if std::mem::take(&mut state.deferred) {
@@ -457,9 +464,10 @@ impl OutboxRelay {
                         .observe(started.elapsed().as_secs_f64());
                 }
                 Err(e) => {
-                    let ids = events.iter().map(|e| e.event_id).collect();
-                    let _ = me.cast(RelayMsg::Unpublished(ids));
-                    let _ = me.cast(RelayMsg::PassDone(Err(e.to_string())));
+                    let _ = me.cast(RelayMsg::DirectFailed {
+                        unpublished: events.iter().map(|e| e.event_id).collect(),
+                        error: e.to_string(),
+                    });
                 }
             }
         });
