@@ -6,7 +6,11 @@
 //! like a bug would.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use ractor::ActorId;
+
+use crate::supervision::ChildHandle;
 
 /// The actors of every node a drill may crash, by their names in the tree.
 pub const ACTORS: [&str; 6] = [
@@ -18,8 +22,35 @@ pub const ACTORS: [&str; 6] = [
     "http-intake",
 ];
 
-/// Makes one actor panic; `false` when it is not running (restarting, or stopped).
+/// Makes one actor panic; `false` when it is not running (restarting, or stopped) or was
+/// told to panic already.
 pub type Trigger = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// Tells an actor to panic at most once per incarnation. A second `Panic` sent before the
+/// first took effect would wait in the mailbox of an actor about to die and be lost with
+/// it, so the caller would hear of a fault that never happens. Its restarted successor has
+/// another id and can be told again.
+#[derive(Default)]
+pub struct PanicOnce(Mutex<Option<ActorId>>);
+
+impl PanicOnce {
+    /// Sends `panic` to the actor behind `handle`; `false` when none runs or this one was
+    /// told already.
+    pub fn send<M: ractor::Message>(&self, handle: &ChildHandle<M>, panic: M) -> bool {
+        let Some(actor) = handle.get() else {
+            return false;
+        };
+        let mut told = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if *told == Some(actor.get_id()) {
+            return false;
+        }
+        let sent = actor.cast(panic).is_ok();
+        if sent {
+            *told = Some(actor.get_id());
+        }
+        sent
+    }
+}
 
 /// The actors a drill may crash, by the name they have in the tree (`store` picks one of
 /// the store workers, a different one each time).

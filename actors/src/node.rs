@@ -28,7 +28,7 @@ use crate::amqp::{
     AmqpLink, BrokerState, Consumer, ConsumerArgs, ConsumerMsg, EventHandler, LinkArgs, LinkMsg,
 };
 use crate::config::CommonConfig;
-use crate::faults::{FaultInjector, Trigger};
+use crate::faults::{FaultInjector, PanicOnce, Trigger};
 use crate::http::{ConnectionLimits, HttpContext, HttpIntake, IntakeArgs, IntakeMsg, Routes};
 use crate::metrics::Metrics;
 use crate::relay::{OutboxNotifier, OutboxRelay, RelayArgs, RelayMsg};
@@ -101,8 +101,8 @@ fn fault_injector(
     intake: &ChildHandle<IntakeMsg>,
 ) -> FaultInjector {
     fn trigger<M: Send + 'static>(handle: &ChildHandle<M>, msg: fn() -> M) -> Trigger {
-        let handle = handle.clone();
-        Arc::new(move || handle.cast(msg()))
+        let (handle, once) = (handle.clone(), PanicOnce::default());
+        Arc::new(move || once.send(&handle, msg()))
     }
     FaultInjector::default()
         .with("store", store)

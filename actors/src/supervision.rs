@@ -15,9 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr, SupervisionEvent};
 use serde::Serialize;
 
+use crate::faults::PanicOnce;
 use crate::metrics::Metrics;
 use crate::work::WorkQueue;
 
@@ -146,10 +147,8 @@ pub struct WorkerPool<J> {
     workers: Arc<[ChildHandle<WorkerMsg>]>,
     queue: WorkQueue<J>,
     next_fault: Arc<AtomicUsize>,
-    /// Per worker, the incarnation last told to panic. It is not told again: a second
-    /// `Panic` would wait in its mailbox and be lost with it, so a caller would be told of a
-    /// fault that never happens. Its restarted successor has another id.
-    told_to_panic: Arc<[Mutex<Option<ActorId>>]>,
+    /// Per worker: fault injection tells each incarnation to panic once.
+    panics: Arc<[PanicOnce]>,
 }
 
 impl<J> Clone for WorkerPool<J> {
@@ -158,7 +157,7 @@ impl<J> Clone for WorkerPool<J> {
             workers: self.workers.clone(),
             queue: self.queue.clone(),
             next_fault: self.next_fault.clone(),
-            told_to_panic: self.told_to_panic.clone(),
+            panics: self.panics.clone(),
         }
     }
 }
@@ -173,7 +172,7 @@ impl<J: Send + 'static> WorkerPool<J> {
             workers: workers.into(),
             queue: WorkQueue::new(capacity),
             next_fault: Arc::new(AtomicUsize::new(0)),
-            told_to_panic: (0..size).map(|_| Mutex::new(None)).collect(),
+            panics: (0..size).map(|_| PanicOnce::default()).collect(),
         }
     }
 
@@ -211,22 +210,9 @@ impl<J: Send + 'static> WorkerPool<J> {
     pub fn inject_panic(&self) -> bool {
         let n = self.workers.len();
         let start = self.next_fault.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|i| (start + i) % n).any(|i| {
-            let Some(worker) = self.workers[i].get() else {
-                return false;
-            };
-            let mut told = self.told_to_panic[i]
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if *told == Some(worker.get_id()) {
-                return false;
-            }
-            let sent = worker.cast(WorkerMsg::Panic).is_ok();
-            if sent {
-                *told = Some(worker.get_id());
-            }
-            sent
-        })
+        (0..n)
+            .map(|i| (start + i) % n)
+            .any(|i| self.panics[i].send(&self.workers[i], WorkerMsg::Panic))
     }
 }
 
