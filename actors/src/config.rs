@@ -399,6 +399,9 @@ pub struct CommonConfig {
     /// `FAULT_INJECTION` (default off): `on` adds `POST /faults/panic/{actor}`, which makes
     /// one of the node's actors panic — for resilience drills, never in production.
     pub fault_injection: bool,
+    /// `TOKIO_WORKER_THREADS` (default: the CPUs available): the runtime's worker threads.
+    /// Read here rather than by tokio, which panics on a bad value instead of naming it.
+    pub worker_threads: usize,
 }
 
 /// The variables both nodes read, as envy fills them in.
@@ -439,6 +442,7 @@ pub struct CommonEnv {
     rust_log: Setting<String>,
     log_format: Setting<LogFormat>,
     fault_injection: Setting<Switch>,
+    tokio_worker_threads: Setting<usize>,
 }
 
 /// An on/off variable.
@@ -475,6 +479,11 @@ impl FromStr for LogFormat {
             _ => Err("must be text or json"),
         }
     }
+}
+
+/// tokio's own default: one worker per CPU this process may use.
+fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl CommonConfig {
@@ -551,6 +560,9 @@ impl CommonConfig {
             log_filter: env.rust_log.or("info".to_owned()),
             log_json: env.log_format.or(LogFormat::Text) == LogFormat::Json,
             fault_injection: env.fault_injection.or(Switch::Off) == Switch::On,
+            worker_threads: env
+                .tokio_worker_threads
+                .within(default_worker_threads(), 1..=1024)?,
         })
     }
 }
@@ -598,6 +610,8 @@ mod tests {
         for (var, value, problem) in [
             ("STORE_WORKERS", "0", "must be between 1 and 1000"),
             ("AMQP_PREFETCH", "lots", "invalid digit"),
+            ("TOKIO_WORKER_THREADS", "0", "must be between 1 and 1024"),
+            ("TOKIO_WORKER_THREADS", "two", "invalid digit"),
             ("REQUEST_TIMEOUT", "10 parsecs", "unknown time unit"),
             ("HTTP_ADDR", "localhost", "invalid socket address"),
             (

@@ -350,9 +350,10 @@ impl RunningNode {
 }
 
 /// The whole of a node's `main`: read config (exit 2 with one line naming the variable),
-/// install telemetry, build (exit 1 with one line on failure), serve until a signal (exit
-/// 0) or until the root supervisor gives up (exit 1).
-pub async fn run_main<C, F, Fut>(
+/// start the runtime with the configured worker threads, install telemetry, build (exit 1
+/// with one line on failure), serve until a signal (exit 0) or until the root supervisor
+/// gives up (exit 1).
+pub fn run_main<C, F, Fut>(
     name: &str,
     load: impl FnOnce(&crate::config::Vars) -> Result<C, crate::config::ConfigError>,
     common: impl Fn(&C) -> &CommonConfig,
@@ -370,34 +371,47 @@ where
             return ExitCode::from(2);
         }
     };
-    // `<node> healthcheck`: for container health checks in images without curl.
-    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
-        return healthcheck(common(&config).http_addr).await;
-    }
-    let telemetry = match crate::telemetry::init(common(&config)) {
-        Ok(telemetry) => telemetry,
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(common(&config).worker_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("{name}: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let node = match build(config).await {
-        Ok(node) => node,
-        Err(e) => {
-            eprintln!("{name}: cannot start: {e}");
+            eprintln!("{name}: cannot start the async runtime: {e}");
             return ExitCode::from(1);
         }
     };
-    let outcome = node.run_until_signal().await;
-    // Spans are flushed last, so the shutdown itself is traced.
-    telemetry.shutdown().await;
-    match outcome {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::from(1)
+    runtime.block_on(async move {
+        // `<node> healthcheck`: for container health checks in images without curl.
+        if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+            return healthcheck(common(&config).http_addr).await;
         }
-    }
+        let telemetry = match crate::telemetry::init(common(&config)) {
+            Ok(telemetry) => telemetry,
+            Err(e) => {
+                eprintln!("{name}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        let node = match build(config).await {
+            Ok(node) => node,
+            Err(e) => {
+                eprintln!("{name}: cannot start: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let outcome = node.run_until_signal().await;
+        // Spans are flushed last, so the shutdown itself is traced.
+        telemetry.shutdown().await;
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        }
+    })
 }
 
 /// Exit 0 when `GET /health/ready` on this node's address answers 200.

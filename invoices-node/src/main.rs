@@ -2,8 +2,7 @@
 
 use invoices_node::{InvoicesConfig, InvoicesNode, NODE_NAME};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     actors::node::run_main(
         NODE_NAME,
         InvoicesConfig::from_vars,
@@ -14,5 +13,4 @@ async fn main() -> std::process::ExitCode {
                 .map(InvoicesNode::into_running)
         },
     )
-    .await
 }

@@ -2,8 +2,7 @@
 
 use orders_node::{NODE_NAME, OrdersConfig, OrdersNode};
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     actors::node::run_main(
         NODE_NAME,
         OrdersConfig::from_vars,
@@ -14,5 +13,4 @@ async fn main() -> std::process::ExitCode {
                 .map(OrdersNode::into_running)
         },
     )
-    .await
 }

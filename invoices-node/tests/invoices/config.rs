@@ -9,6 +9,9 @@ fn a_bad_value_stops_the_binary_with_one_line_naming_the_variable() {
         ("HTTP_ADDR", "everywhere"),
         ("AMQP_PREFETCH", "0"),
         ("DATABASE_URL", "mysql://x"),
+        // tokio would read it itself and panic with a backtrace instead.
+        ("TOKIO_WORKER_THREADS", "0"),
+        ("TOKIO_WORKER_THREADS", "many"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_invoices-node"))
             .env(var, value)
