@@ -144,11 +144,17 @@ impl<B: Batches> Actor for PullWorker<B> {
 /// [`WorkQueue`]: the least busy worker takes the next job, so no single actor serialises
 /// the hot path and no job waits behind a slow worker while another is idle.
 pub struct WorkerPool<J> {
-    workers: Arc<[ChildHandle<WorkerMsg>]>,
+    workers: Arc<[PoolWorker]>,
     queue: WorkQueue<J>,
     next_fault: Arc<AtomicUsize>,
-    /// Per worker: fault injection tells each incarnation to panic once.
-    panics: Arc<[PanicOnce]>,
+}
+
+/// One worker of a pool: the handle its supervisor keeps current across restarts, and
+/// whether fault injection told its current incarnation to panic already.
+#[derive(Default)]
+struct PoolWorker {
+    handle: ChildHandle<WorkerMsg>,
+    panic: PanicOnce,
 }
 
 impl<J> Clone for WorkerPool<J> {
@@ -157,7 +163,6 @@ impl<J> Clone for WorkerPool<J> {
             workers: self.workers.clone(),
             queue: self.queue.clone(),
             next_fault: self.next_fault.clone(),
-            panics: self.panics.clone(),
         }
     }
 }
@@ -165,14 +170,10 @@ impl<J> Clone for WorkerPool<J> {
 impl<J: Send + 'static> WorkerPool<J> {
     /// `size` workers sharing a queue of at most `capacity` waiting jobs.
     pub fn new(size: usize, capacity: usize) -> Self {
-        let size = size.max(1);
-        let workers: Vec<ChildHandle<WorkerMsg>> =
-            (0..size).map(|_| ChildHandle::default()).collect();
         Self {
-            workers: workers.into(),
+            workers: (0..size.max(1)).map(|_| PoolWorker::default()).collect(),
             queue: WorkQueue::new(capacity),
             next_fault: Arc::new(AtomicUsize::new(0)),
-            panics: (0..size).map(|_| PanicOnce::default()).collect(),
         }
     }
 
@@ -196,9 +197,9 @@ impl<J: Send + 'static> WorkerPool<J> {
         self.workers
             .iter()
             .enumerate()
-            .map(|(i, handle)| {
+            .map(|(i, worker)| {
                 let args = args.clone();
-                ChildSpec::new(format!("worker-{i}"), handle.clone(), move || {
+                ChildSpec::new(format!("worker-{i}"), worker.handle.clone(), move || {
                     (PullWorker::<B>::default(), args.clone())
                 })
             })
@@ -210,9 +211,10 @@ impl<J: Send + 'static> WorkerPool<J> {
     pub fn inject_panic(&self) -> bool {
         let n = self.workers.len();
         let start = self.next_fault.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| (start + i) % n)
-            .any(|i| self.panics[i].send(&self.workers[i], WorkerMsg::Panic))
+        (0..n).map(|i| (start + i) % n).any(|i| {
+            let worker = &self.workers[i];
+            worker.panic.send(&worker.handle, WorkerMsg::Panic)
+        })
     }
 }
 
