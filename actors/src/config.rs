@@ -393,6 +393,8 @@ pub struct CommonConfig {
     pub otel_protocol: OtlpProtocol,
     /// `OTEL_SERVICE_NAME`
     pub service_name: String,
+    /// `OTEL_BSP_*`: how the span batch processor queues and exports.
+    pub span_batch: SpanBatch,
     /// `RUST_LOG` (default info) and `LOG_FORMAT` (`text` or `json`, default text)
     pub log_filter: String,
     pub log_json: bool,
@@ -439,6 +441,9 @@ pub struct CommonEnv {
     otel_exporter_otlp_endpoint: Setting<String>,
     otel_exporter_otlp_protocol: Setting<OtlpProtocol>,
     otel_service_name: Setting<String>,
+    otel_bsp_max_queue_size: Setting<usize>,
+    otel_bsp_max_export_batch_size: Setting<usize>,
+    otel_bsp_schedule_delay: Setting<u64>,
     rust_log: Setting<String>,
     log_format: Setting<LogFormat>,
     fault_injection: Setting<Switch>,
@@ -481,6 +486,40 @@ impl FromStr for LogFormat {
     }
 }
 
+/// The standard `OTEL_BSP_*` variables that the span batch processor honours, read and
+/// checked here: the SDK reads them itself but silently ignores a value it cannot parse,
+/// and a queue of 0 would drop every span. The defaults are the SDK's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanBatch {
+    /// `OTEL_BSP_MAX_QUEUE_SIZE` (2048): spans waiting for export; past it, new ones are dropped.
+    pub max_queue_size: usize,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512): spans per export, at most the queue size.
+    pub max_export_batch_size: usize,
+    /// `OTEL_BSP_SCHEDULE_DELAY` (5000, in milliseconds as the standard says): the longest
+    /// a finished span waits before it is exported.
+    pub scheduled_delay: Duration,
+}
+
+impl SpanBatch {
+    fn from_settings(
+        queue: Setting<usize>,
+        batch: Setting<usize>,
+        delay: Setting<u64>,
+    ) -> Result<Self, ConfigError> {
+        let max_queue_size = queue.within(2048, 1..=10_000_000)?;
+        let batch_setting = batch.clone();
+        let max_export_batch_size = batch.within(512.min(max_queue_size), 1..=10_000_000)?;
+        if max_export_batch_size > max_queue_size {
+            return Err(batch_setting.invalid("must not be above OTEL_BSP_MAX_QUEUE_SIZE"));
+        }
+        Ok(Self {
+            max_queue_size,
+            max_export_batch_size,
+            scheduled_delay: Duration::from_millis(delay.within(5000, 1..=86_400_000)?),
+        })
+    }
+}
+
 /// tokio's own default: one worker per CPU this process may use.
 fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -499,6 +538,11 @@ impl CommonConfig {
         default_db: &str,
     ) -> Result<Self, ConfigError> {
         let env: CommonEnv = vars.read()?;
+        let span_batch = SpanBatch::from_settings(
+            env.otel_bsp_max_queue_size,
+            env.otel_bsp_max_export_batch_size,
+            env.otel_bsp_schedule_delay,
+        )?;
         let backoff_max_setting = env.reconnect_backoff_max.clone();
         let backoff_min = env
             .reconnect_backoff_min
@@ -557,6 +601,7 @@ impl CommonConfig {
                 .otel_exporter_otlp_protocol
                 .or(OtlpProtocol::HttpProtobuf),
             service_name: env.otel_service_name.or(service.to_owned()),
+            span_batch,
             log_filter: env.rust_log.or("info".to_owned()),
             log_json: env.log_format.or(LogFormat::Text) == LogFormat::Json,
             fault_injection: env.fault_injection.or(Switch::Off) == Switch::On,
@@ -612,6 +657,9 @@ mod tests {
             ("AMQP_PREFETCH", "lots", "invalid digit"),
             ("TOKIO_WORKER_THREADS", "0", "must be between 1 and 1024"),
             ("TOKIO_WORKER_THREADS", "two", "invalid digit"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0", "must be between 1 and"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "big", "invalid digit"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "5s", "invalid digit"),
             ("REQUEST_TIMEOUT", "10 parsecs", "unknown time unit"),
             ("HTTP_ADDR", "localhost", "invalid socket address"),
             (
@@ -629,6 +677,28 @@ mod tests {
             );
             assert!(line.contains(problem), "{line}");
         }
+    }
+
+    #[test]
+    fn span_batch_settings_default_to_the_sdks_and_a_batch_never_exceeds_the_queue() {
+        let c = common(&[]).expect("defaults are valid");
+        assert_eq!(
+            c.span_batch,
+            SpanBatch {
+                max_queue_size: 2048,
+                max_export_batch_size: 512,
+                scheduled_delay: Duration::from_millis(5000),
+            }
+        );
+        let small = common(&[("OTEL_BSP_MAX_QUEUE_SIZE", "100")]).expect("valid");
+        assert_eq!(small.span_batch.max_export_batch_size, 100);
+        let err = common(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "200"),
+        ])
+        .expect_err("batch above queue");
+        assert_eq!(err.var, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE");
+        assert!(err.to_string().contains("OTEL_BSP_MAX_QUEUE_SIZE"), "{err}");
     }
 
     #[test]

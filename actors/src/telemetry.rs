@@ -17,7 +17,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
@@ -83,7 +83,8 @@ fn exporter(
 }
 
 /// Installs the global subscriber: logs (text or JSON, filtered by `RUST_LOG`) and traces.
-/// The batch processor honours the standard `OTEL_BSP_*` variables.
+/// The batch processor takes its queue, batch size and delay from the checked `OTEL_BSP_*`
+/// settings ([`crate::config::SpanBatch`]).
 pub fn init(config: &CommonConfig) -> Result<Telemetry, String> {
     let filter = EnvFilter::try_new(&config.log_filter).map_err(|e| {
         format!(
@@ -98,7 +99,16 @@ pub fn init(config: &CommonConfig) -> Result<Telemetry, String> {
     );
     let exporting = match &config.otel_endpoint {
         Some(endpoint) => {
-            builder = builder.with_batch_exporter(exporter(endpoint, config.otel_protocol)?);
+            let batch = BatchConfigBuilder::default()
+                .with_max_queue_size(config.span_batch.max_queue_size)
+                .with_max_export_batch_size(config.span_batch.max_export_batch_size)
+                .with_scheduled_delay(config.span_batch.scheduled_delay)
+                .build();
+            builder = builder.with_span_processor(
+                BatchSpanProcessor::builder(exporter(endpoint, config.otel_protocol)?)
+                    .with_batch_config(batch)
+                    .build(),
+            );
             true
         }
         None => false,

@@ -12,6 +12,9 @@ fn a_bad_value_stops_the_binary_with_one_line_naming_the_variable() {
         // tokio would read it itself and panic with a backtrace instead.
         ("TOKIO_WORKER_THREADS", "0"),
         ("TOKIO_WORKER_THREADS", "many"),
+        // The tracing SDK would ignore it silently, or drop every span on a queue of 0.
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_invoices-node"))
             .env(var, value)
