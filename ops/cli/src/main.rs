@@ -40,12 +40,11 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Drill(args) => drill::run(*args).await,
-        Command::Dlq(command) => dlq::run(command).await,
+        Command::Drill(args) => runtime().and_then(|rt| rt.block_on(drill::run(*args))),
+        Command::Dlq(command) => runtime().and_then(|rt| rt.block_on(dlq::run(command))),
         Command::Bench(args) => bench::run(args),
     };
     match outcome {
@@ -55,4 +54,16 @@ async fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// tokio's default runtime, one worker per CPU, built without consulting
+/// `TOKIO_WORKER_THREADS`: that variable is the nodes' setting (the nodes a drill starts
+/// inherit it and check it), and tokio would panic on a value it cannot parse.
+fn runtime() -> Result<tokio::runtime::Runtime, OpsError> {
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .map_err(OpsError::io("cannot start the async runtime"))
 }

@@ -53,6 +53,20 @@ fn list(url: &str) -> Vec<Value> {
     serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("a JSON array")
 }
 
+#[test]
+fn the_nodes_worker_thread_setting_does_not_stop_the_tool() {
+    // TOKIO_WORKER_THREADS is the nodes' setting; tokio would have panicked on it here.
+    let out = Command::new(env!("CARGO_BIN_EXE_ops"))
+        .args(["dlq", "list", "--amqp-url", "not a url", "--queue", "q"])
+        .env("TOKIO_WORKER_THREADS", "many")
+        .output()
+        .expect("ops runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with("ops: "), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[tokio::test]
 async fn dead_letters_are_listed_shown_replayed_to_their_origin_and_purged() {
     let env = TestEnv::new();
