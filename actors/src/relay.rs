@@ -596,6 +596,7 @@ async fn take_rows<'c>(
 /// request or delivery that caused the event), and the parent of the consumer's span.
 fn publish_span(row: &Outgoing, cause: &Causation) -> tracing::Span {
     let span = tracing::info_span!(
+        target: crate::telemetry::TRACE_ONLY,
         "publish",
         otel.name = %format!("{} publish", row.exchange),
         otel.kind = "producer",

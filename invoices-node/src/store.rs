@@ -15,6 +15,7 @@ use actors::db::Connections;
 use actors::http::Cursor;
 use actors::outbox::{self, Causation, OutboxRows, Outgoing};
 use actors::page_query::PageQuery;
+use actors::telemetry::TRACE_ONLY;
 use contracts::{Event, InvoiceIssued, InvoicePaid, InvoiceVoided, OrderCanceled, OrderCreated};
 
 use crate::domain::{self, Invoice, InvoiceStatus, PayDecision};
@@ -96,7 +97,7 @@ const LOCK_BY_ID: &str = "SELECT id, number, order_id, customer_id, currency, am
 const LOCK_BY_ORDER: &str = "SELECT id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, paid_at
                                FROM invoices WHERE order_id = $1 FOR UPDATE";
 
-#[tracing::instrument(name = "SELECT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
+#[tracing::instrument(target = TRACE_ONLY, name = "SELECT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Invoice, StoreError> {
     let row: Option<InvoiceRow> = sqlx::query_as(SELECT_BY_ID)
         .bind(id)
@@ -114,7 +115,7 @@ pub struct ListFilter {
 }
 
 /// Newest first; `limit + 1` rows so the caller can tell whether a next page exists.
-#[tracing::instrument(name = "SELECT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
+#[tracing::instrument(target = TRACE_ONLY, name = "SELECT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Invoice>, StoreError> {
     let mut query = PageQuery::new(
         "SELECT id, number, order_id, customer_id, currency, amount_cents, status, issued_at, due_at, paid_at
@@ -128,7 +129,7 @@ pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Invoice>, StoreEr
 }
 
 /// Pays an issued invoice (idempotently) and emits `invoice.paid` once.
-#[tracing::instrument(name = "UPDATE invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
+#[tracing::instrument(target = TRACE_ONLY, name = "UPDATE invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
 pub async fn pay(
     pool: &PgPool,
     id: Uuid,
@@ -412,7 +413,7 @@ async fn apply_order_event(
     Ok((Outcome::Applied, effect))
 }
 
-#[tracing::instrument(name = "INSERT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
+#[tracing::instrument(target = TRACE_ONLY, name = "INSERT invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "INSERT"))]
 async fn issue(
     tx: &mut PgConnection,
     e: &OrderCreated,
@@ -485,7 +486,7 @@ async fn issue(
     })
 }
 
-#[tracing::instrument(name = "UPDATE invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
+#[tracing::instrument(target = TRACE_ONLY, name = "UPDATE invoices", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
 async fn void(
     tx: &mut PgConnection,
     e: &OrderCanceled,

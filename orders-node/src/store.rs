@@ -14,6 +14,7 @@ use actors::db::Connections;
 use actors::http::Cursor;
 use actors::outbox::{self, Causation, OutboxRows, Outgoing};
 use actors::page_query::PageQuery;
+use actors::telemetry::TRACE_ONLY;
 use contracts::{Event, LineItem, OrderCanceled, OrderCreated};
 
 use crate::domain::{CancelDecision, NewOrder, Order, OrderStatus};
@@ -362,7 +363,7 @@ fn insert_with_events<'q, 'a>(
     (query, leased)
 }
 
-#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
+#[tracing::instrument(target = TRACE_ONLY, name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Order, StoreError> {
     let row: Option<OrderRow> = sqlx::query_as(SELECT_BY_ID)
         .bind(id)
@@ -381,7 +382,7 @@ pub struct ListFilter {
 }
 
 /// Newest first; fetches `limit + 1` rows so the caller can tell whether a next page exists.
-#[tracing::instrument(name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
+#[tracing::instrument(target = TRACE_ONLY, name = "SELECT orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"))]
 pub async fn list(pool: &PgPool, f: &ListFilter) -> Result<Vec<Order>, StoreError> {
     let mut query = PageQuery::new(
         "SELECT id, customer_id, currency, items, total_cents, status, invoice_id, created_at, updated_at
@@ -404,7 +405,7 @@ async fn lock_order(conn: &mut PgConnection, id: Uuid) -> Result<Option<Order>, 
 
 /// Cancels an order (idempotently) and emits `order.canceled` once. `Ok((order, true))`
 /// when this call canceled it.
-#[tracing::instrument(name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
+#[tracing::instrument(target = TRACE_ONLY, name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
 pub async fn cancel(
     pool: &PgPool,
     id: Uuid,
@@ -626,7 +627,7 @@ async fn apply_distinct(
         .collect())
 }
 
-#[tracing::instrument(name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
+#[tracing::instrument(target = TRACE_ONLY, name = "UPDATE orders", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "UPDATE"))]
 async fn apply_invoice_event(
     tx: &mut PgConnection,
     event: &Event,
