@@ -506,22 +506,31 @@ impl SpanBatch {
         batch: Setting<usize>,
         delay: Setting<u64>,
     ) -> Result<Self, ConfigError> {
-        let max_queue_size = queue.within(2048, 1..=10_000_000)?;
+        use opentelemetry_sdk::trace::{
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE_DEFAULT, OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT,
+            OTEL_BSP_SCHEDULE_DELAY_DEFAULT,
+        };
+        let max_queue_size = queue.within(OTEL_BSP_MAX_QUEUE_SIZE_DEFAULT, 1..=10_000_000)?;
         let batch_setting = batch.clone();
-        let max_export_batch_size = batch.within(512.min(max_queue_size), 1..=10_000_000)?;
+        let max_export_batch_size = batch.within(
+            OTEL_BSP_MAX_EXPORT_BATCH_SIZE_DEFAULT.min(max_queue_size),
+            1..=10_000_000,
+        )?;
         if max_export_batch_size > max_queue_size {
             return Err(batch_setting.invalid("must not be above OTEL_BSP_MAX_QUEUE_SIZE"));
         }
+        let default_delay_ms =
+            u64::try_from(OTEL_BSP_SCHEDULE_DELAY_DEFAULT.as_millis()).unwrap_or(5000);
         Ok(Self {
             max_queue_size,
             max_export_batch_size,
-            scheduled_delay: Duration::from_millis(delay.within(5000, 1..=86_400_000)?),
+            scheduled_delay: Duration::from_millis(delay.within(default_delay_ms, 1..=86_400_000)?),
         })
     }
 }
 
 /// tokio's own default: one worker per CPU this process may use.
-fn default_worker_threads() -> usize {
+pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 

@@ -371,11 +371,7 @@ where
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(common(&config).worker_threads)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime(common(&config).worker_threads) {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("{name}: cannot start the async runtime: {e}");
@@ -412,6 +408,15 @@ where
             }
         }
     })
+}
+
+/// A multi-threaded runtime with `worker_threads` workers, set here rather than left to
+/// tokio, which would read `TOKIO_WORKER_THREADS` itself and panic on a bad value.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .build()
 }
 
 /// Exit 0 when `GET /health/ready` on this node's address answers 200.

@@ -69,24 +69,20 @@ pub const TRACE_ONLY: &str = "trace_only";
 /// The log lines, text or JSON, to `writer`. Besides what `RUST_LOG` lets through, it sees
 /// every event and the spans that give an event its context (the request, the delivery,
 /// supervision), not [`TRACE_ONLY`] ones.
-fn log_layer<S, W>(json: bool, ansi: bool, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+fn log_layer<S, W>(json: bool, ansi: bool, writer: W) -> impl Layer<S> + Send + Sync
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let logged = FilterFn::new(|meta| !(meta.is_span() && meta.target() == TRACE_ONLY));
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
-    if json {
-        fmt.json()
-            .with_current_span(true)
-            .with_filter(logged)
-            .boxed()
+    let lines = if json {
+        fmt.json().with_current_span(true).boxed()
     } else {
-        fmt.with_target(false)
-            .with_ansi(ansi)
-            .with_filter(logged)
-            .boxed()
-    }
+        fmt.with_target(false).with_ansi(ansi).boxed()
+    };
+    lines.with_filter(FilterFn::new(|meta| {
+        !(meta.is_span() && meta.target() == TRACE_ONLY)
+    }))
 }
 
 fn exporter(

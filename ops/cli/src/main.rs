@@ -60,10 +60,6 @@ fn main() -> ExitCode {
 /// `TOKIO_WORKER_THREADS`: that variable is the nodes' setting (the nodes a drill starts
 /// inherit it and check it), and tokio would panic on a value it cannot parse.
 fn runtime() -> Result<tokio::runtime::Runtime, OpsError> {
-    let workers = std::thread::available_parallelism().map_or(1, usize::from);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
-        .enable_all()
-        .build()
+    actors::node::runtime(actors::config::default_worker_threads())
         .map_err(OpsError::io("cannot start the async runtime"))
 }
