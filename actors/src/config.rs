@@ -38,6 +38,16 @@ impl ConfigError {
         }
     }
 
+    /// An error about a value that may hold credentials (OTLP headers): it names the
+    /// variable and the problem but never shows the value.
+    fn hidden(var: &str, problem: impl fmt::Display) -> Self {
+        let problem = problem.to_string().replace('\n', " ");
+        Self {
+            var: var.to_owned(),
+            message: format!("{var}=(value not shown): {problem}"),
+        }
+    }
+
     fn from_envy(e: envy::Error) -> Self {
         let message = e.to_string().replace('\n', " ");
         Self {
@@ -393,6 +403,8 @@ pub struct CommonConfig {
     pub otel_protocol: OtlpProtocol,
     /// `OTEL_SERVICE_NAME`
     pub service_name: String,
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT`, checked with the exporter's other variables.
+    pub otlp_export: OtlpExport,
     /// `OTEL_BSP_*`: how the span batch processor queues and exports.
     pub span_batch: SpanBatch,
     /// `RUST_LOG` (default info) and `LOG_FORMAT` (`text` or `json`, default text)
@@ -440,6 +452,16 @@ pub struct CommonEnv {
     shutdown_grace: Setting<Human>,
     otel_exporter_otlp_endpoint: Setting<String>,
     otel_exporter_otlp_protocol: Setting<OtlpProtocol>,
+    otel_exporter_otlp_timeout: Setting<u64>,
+    otel_exporter_otlp_headers: Setting<String>,
+    otel_exporter_otlp_compression: Setting<String>,
+    otel_exporter_otlp_insecure: Setting<String>,
+    otel_exporter_otlp_traces_endpoint: Setting<String>,
+    otel_exporter_otlp_traces_protocol: Setting<String>,
+    otel_exporter_otlp_traces_timeout: Setting<String>,
+    otel_exporter_otlp_traces_headers: Setting<String>,
+    otel_exporter_otlp_traces_compression: Setting<String>,
+    otel_exporter_otlp_traces_insecure: Setting<String>,
     otel_service_name: Setting<String>,
     otel_bsp_max_queue_size: Setting<usize>,
     otel_bsp_max_export_batch_size: Setting<usize>,
@@ -529,6 +551,127 @@ impl SpanBatch {
     }
 }
 
+/// The OTLP exporter's own standard variables, checked here. The exporter reads them from
+/// the process environment itself and ignores what it cannot use without a word: a timeout
+/// written `10s` (the standard's unit is milliseconds) or `0`, a header that is not
+/// `key=value`, a compression this build lacks. The signal-specific `OTEL_EXPORTER_OTLP_TRACES_*`
+/// variants are refused: this node exports traces only, and reads the general ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OtlpExport {
+    /// `OTEL_EXPORTER_OTLP_TIMEOUT` (10000, in milliseconds as the standard says): the
+    /// longest one export may take. Given to the exporter explicitly.
+    pub timeout: Duration,
+}
+
+/// The general variables that the `OTEL_EXPORTER_OTLP_TRACES_*` ones would override.
+const OTLP_TRACES_VARIANTS: [&str; 6] = [
+    "ENDPOINT",
+    "PROTOCOL",
+    "TIMEOUT",
+    "HEADERS",
+    "COMPRESSION",
+    "INSECURE",
+];
+
+impl OtlpExport {
+    fn from_env(env: &CommonEnv) -> Result<Self, ConfigError> {
+        let traces = [
+            &env.otel_exporter_otlp_traces_endpoint,
+            &env.otel_exporter_otlp_traces_protocol,
+            &env.otel_exporter_otlp_traces_timeout,
+            &env.otel_exporter_otlp_traces_headers,
+            &env.otel_exporter_otlp_traces_compression,
+            &env.otel_exporter_otlp_traces_insecure,
+        ];
+        for (setting, general) in traces.into_iter().zip(OTLP_TRACES_VARIANTS) {
+            if setting.value.is_some() {
+                return Err(ConfigError::hidden(
+                    &setting.var,
+                    format_args!(
+                        "not read by this node: set OTEL_EXPORTER_OTLP_{general}, which it applies to traces, the only signal it exports"
+                    ),
+                ));
+            }
+        }
+        if let Some(raw) = &env.otel_exporter_otlp_headers.value {
+            check_otlp_headers(raw)
+                .map_err(|problem| ConfigError::hidden("OTEL_EXPORTER_OTLP_HEADERS", problem))?;
+        }
+        let compression = &env.otel_exporter_otlp_compression;
+        if compression
+            .value
+            .as_deref()
+            .is_some_and(|c| !c.trim().eq_ignore_ascii_case("none"))
+        {
+            return Err(compression
+                .invalid("this build does not compress exports: set none or leave it unset"));
+        }
+        let insecure = &env.otel_exporter_otlp_insecure;
+        if insecure.value.as_deref().is_some_and(|v| {
+            !v.trim().eq_ignore_ascii_case("true") && !v.trim().eq_ignore_ascii_case("false")
+        }) {
+            return Err(insecure.invalid("must be true or false"));
+        }
+        let default_ms =
+            u64::try_from(opentelemetry_otlp::OTEL_EXPORTER_OTLP_TIMEOUT_DEFAULT.as_millis())
+                .unwrap_or(10_000);
+        let timeout_ms = env
+            .otel_exporter_otlp_timeout
+            .clone()
+            .within(default_ms, 1..=3_600_000)?;
+        Ok(Self {
+            timeout: Duration::from_millis(timeout_ms),
+        })
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS` as the standard writes it: `key=value` pairs separated by
+/// commas, each value percent-encoded. The same reading as the exporter's, which skips an
+/// entry it cannot use; here such an entry is an error. The problem names the entry's
+/// position and key, never its value (often a credential).
+fn check_otlp_headers(raw: &str) -> Result<(), String> {
+    use hyper::header::{HeaderName, HeaderValue};
+    for (n, entry) in raw.split_terminator(',').map(str::trim).enumerate() {
+        let position = n + 1;
+        let Some((key, value)) = entry.split_once('=') else {
+            return Err(format!("entry {position} is not key=value"));
+        };
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() || value.is_empty() {
+            return Err(format!("entry {position} has an empty key or value"));
+        }
+        if HeaderName::from_bytes(key.as_bytes()).is_err() {
+            return Err(format!("entry {position}: {key:?} is not a header name"));
+        }
+        let decoded = percent_decode(value).unwrap_or_else(|| value.to_owned());
+        if HeaderValue::from_str(&decoded).is_err() {
+            return Err(format!(
+                "entry {position} ({key}): the value is not a valid header value"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `%XX` escapes decoded as UTF-8; `None` when an escape or the result is malformed (the
+/// exporter then sends the value as written).
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// tokio's own default: one worker per CPU this process may use.
 pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -547,6 +690,7 @@ impl CommonConfig {
         default_db: &str,
     ) -> Result<Self, ConfigError> {
         let env: CommonEnv = vars.read()?;
+        let otlp_export = OtlpExport::from_env(&env)?;
         let span_batch = SpanBatch::from_settings(
             env.otel_bsp_max_queue_size,
             env.otel_bsp_max_export_batch_size,
@@ -610,6 +754,7 @@ impl CommonConfig {
                 .otel_exporter_otlp_protocol
                 .or(OtlpProtocol::HttpProtobuf),
             service_name: env.otel_service_name.or(service.to_owned()),
+            otlp_export,
             span_batch,
             log_filter: env.rust_log.or("info".to_owned()),
             log_json: env.log_format.or(LogFormat::Text) == LogFormat::Json,
@@ -708,6 +853,77 @@ mod tests {
         .expect_err("batch above queue");
         assert_eq!(err.var, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE");
         assert!(err.to_string().contains("OTEL_BSP_MAX_QUEUE_SIZE"), "{err}");
+    }
+
+    #[test]
+    fn the_otlp_exporters_own_variables_are_checked_and_headers_never_shown() {
+        let c = common(&[]).expect("defaults are valid");
+        assert_eq!(c.otlp_export.timeout, Duration::from_millis(10_000));
+        let c = common(&[
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "authorization=Bearer%20S3CRET, x-tenant = blue ,",
+            ),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "TRUE"),
+        ])
+        .expect("valid");
+        assert_eq!(c.otlp_export.timeout, Duration::from_millis(2500));
+        // As the Pulumi stack writes it: a space rather than %20 is still a header value.
+        common(&[("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer S3CRET")])
+            .expect("a plain space is valid");
+
+        for (var, value, problem) in [
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "10s", "invalid digit"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "0", "must be between 1 and"),
+            (
+                "OTEL_EXPORTER_OTLP_COMPRESSION",
+                "gzip",
+                "does not compress",
+            ),
+            ("OTEL_EXPORTER_OTLP_INSECURE", "yes", "true or false"),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "api-key=S3CRET,S3CRET",
+                "entry 2 is not key=value",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "api key=S3CRET",
+                "\"api key\" is not a header name",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "api-key=S3CRET%0A",
+                "entry 1 (api-key): the value",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "api-key=",
+                "empty key or value",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://collector:4318/v1/traces",
+                "set OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "api-key=S3CRET",
+                "set OTEL_EXPORTER_OTLP_HEADERS",
+            ),
+        ] {
+            let err = common(&[(var, value)]).expect_err(value);
+            assert_eq!(err.var, var);
+            let line = err.to_string();
+            assert!(
+                line.starts_with(&format!("invalid configuration: {var}=")),
+                "{line}"
+            );
+            assert!(line.contains(problem), "{value}: {line}");
+            assert!(!line.contains("S3CRET"), "a header value shown: {line}");
+        }
     }
 
     #[test]

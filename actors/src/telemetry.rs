@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -85,14 +86,19 @@ where
     }))
 }
 
+/// The span exporter. Its headers and compression it reads from the process environment
+/// itself; [`crate::config::OtlpExport`] has checked them. The timeout is given here, so
+/// the checked value is the one used.
 fn exporter(
     endpoint: &str,
     protocol: OtlpProtocol,
+    timeout: Duration,
 ) -> Result<opentelemetry_otlp::SpanExporter, String> {
     let built = match protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
+            .with_timeout(timeout)
             .build(),
         OtlpProtocol::HttpProtobuf => {
             // OTEL_EXPORTER_OTLP_ENDPOINT is a base URL: the signal path is appended.
@@ -105,6 +111,7 @@ fn exporter(
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_endpoint(url)
+                .with_timeout(timeout)
                 .build()
         }
     };
@@ -136,9 +143,13 @@ pub fn init(config: &CommonConfig) -> Result<Telemetry, String> {
                 .with_scheduled_delay(config.span_batch.scheduled_delay)
                 .build();
             builder = builder.with_span_processor(
-                BatchSpanProcessor::builder(exporter(endpoint, config.otel_protocol)?)
-                    .with_batch_config(batch)
-                    .build(),
+                BatchSpanProcessor::builder(exporter(
+                    endpoint,
+                    config.otel_protocol,
+                    config.otlp_export.timeout,
+                )?)
+                .with_batch_config(batch)
+                .build(),
             );
             true
         }

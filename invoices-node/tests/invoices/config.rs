@@ -15,6 +15,9 @@ fn a_bad_value_stops_the_binary_with_one_line_naming_the_variable() {
         // The tracing SDK would ignore it silently, or drop every span on a queue of 0.
         ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
         ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+        // The OTLP exporter would use its 10 s default, or send without the header.
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "5s"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "authorization"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_invoices-node"))
             .env(var, value)
@@ -25,6 +28,22 @@ fn a_bad_value_stops_the_binary_with_one_line_naming_the_variable() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
         assert!(stderr.contains(var), "{stderr}");
     }
+}
+
+#[test]
+fn an_otlp_header_value_never_reaches_the_start_up_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_invoices-node"))
+        .env("OTEL_EXPORTER_OTLP_HEADERS", "api-key=S3CRET,x-tenant")
+        .output()
+        .expect("binary runs");
+    assert_eq!(out.status.code(), Some(2));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{all}");
+    assert!(!all.contains("S3CRET"), "leaked: {all}");
 }
 
 #[test]

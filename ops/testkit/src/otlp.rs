@@ -29,6 +29,9 @@ pub struct ReceivedSpan {
     pub parent_span_id: String,
     pub attributes: HashMap<String, String>,
     pub events: Vec<(String, HashMap<String, String>)>,
+    /// The `authorization` header of the export request that carried it (a node sends
+    /// what `OTEL_EXPORTER_OTLP_HEADERS` says).
+    pub authorization: Option<String>,
 }
 
 pub const SERVER: i32 = 2;
@@ -57,7 +60,8 @@ fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
 
 type Sink = Arc<Mutex<Vec<ReceivedSpan>>>;
 
-fn record(sink: &Sink, request: ExportTraceServiceRequest) {
+/// Records the spans of one export request, with the `authorization` header it came with.
+fn record(sink: &Sink, request: ExportTraceServiceRequest, authorization: Option<String>) {
     let mut sink = sink.lock().expect("receiver lock not poisoned");
     for resource_spans in request.resource_spans {
         let service = resource_spans
@@ -80,6 +84,7 @@ fn record(sink: &Sink, request: ExportTraceServiceRequest) {
                         .iter()
                         .map(|e| (e.name.clone(), attrs(&e.attributes)))
                         .collect(),
+                    authorization: authorization.clone(),
                 });
             }
         }
@@ -94,7 +99,12 @@ impl TraceService for GrpcSink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        record(&self.0, request.into_inner());
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        record(&self.0, request.into_inner(), authorization);
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -141,10 +151,11 @@ impl Receiver {
         let sink = spans.clone();
         let route = warp::post()
             .and(warp::path!("v1" / "traces"))
+            .and(warp::header::optional::<String>("authorization"))
             .and(warp::body::bytes())
-            .map(move |body: bytes::Bytes| {
+            .map(move |authorization: Option<String>, body: bytes::Bytes| {
                 if let Ok(request) = ExportTraceServiceRequest::decode(body) {
-                    record(&sink, request);
+                    record(&sink, request, authorization);
                 }
                 warp::http::Response::builder()
                     .header("content-type", "application/x-protobuf")

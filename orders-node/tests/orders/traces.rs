@@ -27,6 +27,11 @@ fn with_otel(env: &TestEnv, node: &str, receiver: &Receiver) -> actors::config::
     vars.set("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint());
     vars.set("OTEL_EXPORTER_OTLP_PROTOCOL", receiver.protocol);
     vars.set("OTEL_BSP_SCHEDULE_DELAY", "100");
+    // Percent-encoded as the standard writes it; a collector that needs credentials gets them.
+    vars.set(
+        "OTEL_EXPORTER_OTLP_HEADERS",
+        "authorization=Bearer%20collector-t0ken",
+    );
     vars
 }
 
@@ -180,6 +185,11 @@ async fn one_trace_per_order(receiver: Receiver) {
         assert!(
             s.parent_span_id == caller_span || ids.contains_key(s.parent_span_id.as_str()),
             "orphan span {s:?}"
+        );
+        assert_eq!(
+            s.authorization.as_deref(),
+            Some("Bearer collector-t0ken"),
+            "each export carries OTEL_EXPORTER_OTLP_HEADERS, decoded: {s:?}"
         );
     }
 }
