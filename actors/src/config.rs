@@ -631,8 +631,11 @@ impl OtlpExport {
 /// position and key, never its value (often a credential).
 fn check_otlp_headers(raw: &str) -> Result<(), String> {
     use hyper::header::{HeaderName, HeaderValue};
-    for (n, entry) in raw.split_terminator(',').map(str::trim).enumerate() {
+    for (n, entry) in raw.split(',').map(str::trim).enumerate() {
         let position = n + 1;
+        if entry.is_empty() {
+            continue; // `a=b,` or `a=b, `: nothing to send
+        }
         let Some((key, value)) = entry.split_once('=') else {
             return Err(format!("entry {position} is not key=value"));
         };
@@ -863,7 +866,7 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
             (
                 "OTEL_EXPORTER_OTLP_HEADERS",
-                "authorization=Bearer%20S3CRET, x-tenant = blue ,",
+                "authorization=Bearer%20S3CRET, x-tenant = blue , ",
             ),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
             ("OTEL_EXPORTER_OTLP_INSECURE", "TRUE"),
