@@ -630,6 +630,7 @@ impl OtlpExport {
 /// entry it cannot use; here such an entry is an error. The problem names the entry's
 /// position and key, never its value (often a credential).
 fn check_otlp_headers(raw: &str) -> Result<(), String> {
+    use crate::percent::Plus;
     use hyper::header::{HeaderName, HeaderValue};
     for (n, entry) in raw.split(',').map(str::trim).enumerate() {
         let position = n + 1;
@@ -646,7 +647,9 @@ fn check_otlp_headers(raw: &str) -> Result<(), String> {
         if HeaderName::from_bytes(key.as_bytes()).is_err() {
             return Err(format!("entry {position}: {key:?} is not a header name"));
         }
-        let decoded = percent_decode(value).unwrap_or_else(|| value.to_owned());
+        // Undecodable, the exporter sends the value as written.
+        let decoded =
+            crate::percent::decode(value, Plus::Literal).unwrap_or_else(|_| value.to_owned());
         if HeaderValue::from_str(&decoded).is_err() {
             return Err(format!(
                 "entry {position} ({key}): the value is not a valid header value"
@@ -654,25 +657,6 @@ fn check_otlp_headers(raw: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// `%XX` escapes decoded as UTF-8; `None` when an escape or the result is malformed (the
-/// exporter then sends the value as written).
-fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = value.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// tokio's own default: one worker per CPU this process may use.
@@ -825,15 +809,21 @@ mod tests {
                 "not supported",
             ),
         ] {
-            let err = common(&[(var, value)]).expect_err(var);
-            assert_eq!(err.var, var);
-            let line = err.to_string();
-            assert!(
-                line.starts_with(&format!("invalid configuration: {var}=")),
-                "{line}"
-            );
-            assert!(line.contains(problem), "{line}");
+            rejected_with(var, value, problem);
         }
+    }
+
+    /// The one line a bad value gets: it names the variable and says the problem.
+    fn rejected_with(var: &str, value: &str, problem: &str) -> String {
+        let err = common(&[(var, value)]).expect_err(value);
+        assert_eq!(err.var, var);
+        let line = err.to_string();
+        assert!(
+            line.starts_with(&format!("invalid configuration: {var}=")),
+            "{line}"
+        );
+        assert!(line.contains(problem), "{value}: {line}");
+        line
     }
 
     #[test]
@@ -917,14 +907,7 @@ mod tests {
                 "set OTEL_EXPORTER_OTLP_HEADERS",
             ),
         ] {
-            let err = common(&[(var, value)]).expect_err(value);
-            assert_eq!(err.var, var);
-            let line = err.to_string();
-            assert!(
-                line.starts_with(&format!("invalid configuration: {var}=")),
-                "{line}"
-            );
-            assert!(line.contains(problem), "{value}: {line}");
+            let line = rejected_with(var, value, problem);
             assert!(!line.contains("S3CRET"), "a header value shown: {line}");
         }
     }

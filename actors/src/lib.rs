@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod node;
 pub mod outbox;
 pub mod page_query;
+pub mod percent;
 pub mod relay;
 pub mod supervision;
 pub mod telemetry;

@@ -9,6 +9,7 @@ use warp::http::{HeaderMap, Method};
 
 use super::problem::{FieldError, Problem};
 use crate::outbox::Causation;
+use crate::percent::{PercentError, Plus};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -164,27 +165,10 @@ pub fn path_uuid(segment: &str) -> Result<Uuid, Problem> {
 }
 
 fn percent_decode(s: &str) -> Result<String, Problem> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                let byte = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
-                out.push(byte.ok_or_else(|| {
-                    Problem::bad_request("malformed percent-encoding in the query")
-                })?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).map_err(|_| Problem::bad_request("the query is not UTF-8"))
+    crate::percent::decode(s, Plus::Space).map_err(|e| match e {
+        PercentError::Malformed => Problem::bad_request("malformed percent-encoding in the query"),
+        PercentError::NotUtf8 => Problem::bad_request("the query is not UTF-8"),
+    })
 }
 
 /// The request id: the caller's `X-Request-Id`, else Kong's `Kong-Request-Id`, else a new
