@@ -598,7 +598,7 @@ fn publish_span(row: &Outgoing, cause: &Causation) -> tracing::Span {
     let span = tracing::info_span!(
         target: crate::telemetry::TRACE_ONLY,
         "publish",
-        otel.name = %format!("{} publish", row.exchange),
+        otel.name = %format_args!("{} publish", row.exchange),
         otel.kind = "producer",
         messaging.system = "rabbitmq",
         messaging.operation.type = "publish",

@@ -393,11 +393,11 @@ async fn admit(
         .properties
         .message_id()
         .as_ref()
-        .map(|m| m.as_str().to_owned())
+        .map(|m| m.as_str())
         .unwrap_or_default();
     let span = tracing::info_span!(
         "consume",
-        otel.name = %format!("{} process", args.input.queue),
+        otel.name = %format_args!("{} process", args.input.queue),
         otel.kind = "consumer",
         messaging.system = "rabbitmq",
         messaging.operation.type = "process",

@@ -149,6 +149,7 @@ async fn one_trace_per_order(receiver: Receiver) {
                 == Some("order.created")
     });
     assert_eq!(order_publish.service, "orders-node");
+    assert_eq!(order_publish.name, "orders.events publish");
     assert_messaging(order_publish, "orders.events", "order.created");
     find(&spans, "order insert", |s| {
         s.service == "orders-node" && s.name == "INSERT orders"
@@ -158,6 +159,7 @@ async fn one_trace_per_order(receiver: Receiver) {
         s.service == "invoices-node" && s.kind == CONSUMER
     });
     assert_messaging(invoice_consume, "orders.events", "order.created");
+    assert_eq!(invoice_consume.name, "invoices-node.orders-events process");
     assert_eq!(
         invoice_consume.parent_span_id, order_publish.span_id,
         "the consumer is the producer's child"
