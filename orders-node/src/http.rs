@@ -13,6 +13,7 @@ use actors::http::{
 use actors::supervision::WorkerPool;
 
 use crate::domain::{self, NewOrder, OrderStatus};
+use crate::order_body;
 use crate::store::{CreateRequest, Created, ListFilter, StoreError};
 use crate::worker::{SingleJob, StoreMsg};
 
@@ -104,8 +105,11 @@ impl OrderRoutes {
                 }
             },
         };
-        let body = req.json()?;
-        let order = NewOrder::from_json(&body).map_err(Problem::validation)?;
+        req.expect_json()?;
+        let order = match order_body::read_valid(&req.body) {
+            Some(order) => order,
+            None => NewOrder::from_json(&req.json()?).map_err(Problem::validation)?,
+        };
         let cause = req.causation();
         let created = self
             .ask(|reply| StoreMsg::Create {

@@ -4,6 +4,7 @@
 //! | module | what it holds |
 //! |---|---|
 //! | [`domain`] | orders, statuses and their rules, request validation (no I/O) |
+//! | [`order_body`] | a valid `POST /orders` body read without a JSON tree (the usual case) |
 //! | [`store`] | the SQL: create with idempotency, get, list, cancel, apply invoice events |
 //! | [`worker`] | what store workers do with the jobs they pull (creates commit together) |
 //! | [`http`] | the routes of api.md |
@@ -17,6 +18,7 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod order_body;
 pub mod store;
 pub mod worker;
 

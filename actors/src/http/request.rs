@@ -45,20 +45,34 @@ impl HttpRequest {
         Causation::current(Some(self.request_id.clone()), &from_headers.sanitized()).sanitized()
     }
 
+    /// 415 unless the body is declared JSON (`application/json` or `application/*+json`).
+    pub fn expect_json(&self) -> Result<(), Problem> {
+        let content_type = self.header("content-type").unwrap_or_default();
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        let starts = |prefix: &str| {
+            essence
+                .get(..prefix.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+        };
+        let ends = |suffix: &str| {
+            essence
+                .len()
+                .checked_sub(suffix.len())
+                .and_then(|at| essence.get(at..))
+                .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix))
+        };
+        if essence.eq_ignore_ascii_case("application/json")
+            || (starts("application/") && ends("+json"))
+        {
+            Ok(())
+        } else {
+            Err(Problem::unsupported_media_type())
+        }
+    }
+
     /// The body as JSON: 415 without `Content-Type: application/json`, 400 when malformed.
     pub fn json(&self) -> Result<serde_json::Value, Problem> {
-        let content_type = self.header("content-type").unwrap_or_default();
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        if essence != "application/json"
-            && !(essence.starts_with("application/") && essence.ends_with("+json"))
-        {
-            return Err(Problem::unsupported_media_type());
-        }
+        self.expect_json()?;
         match serde_json::from_slice::<StrictJson>(&self.body) {
             Ok(StrictJson(value)) => Ok(value),
             // Well-formed JSON that repeats a key: a schema violation, not a syntax error.
