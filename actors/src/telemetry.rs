@@ -10,6 +10,8 @@
 //! Remote parents are set right after a span is created and before it is entered:
 //! tracing-opentelemetry ignores `set_parent` on a span that is already entered.
 
+mod log_fields;
+
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -79,7 +81,12 @@ where
     let lines = if json {
         fmt.json().with_current_span(true).boxed()
     } else {
-        fmt.with_target(false).with_ansi(ansi).boxed()
+        let text = fmt.with_target(false).with_ansi(ansi);
+        if ansi {
+            text.boxed()
+        } else {
+            text.fmt_fields(log_fields::PlainFields).boxed()
+        }
     };
     lines.with_filter(FilterFn::new(|meta| {
         !(meta.is_span() && meta.target() == TRACE_ONLY)
