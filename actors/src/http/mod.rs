@@ -1,6 +1,6 @@
 //! HTTP plumbing both nodes share: the intake actor that owns the warp server, the request
 //! type, problem+json, and the operational routes (`/health`, `/health/ready`, `/metrics`,
-//! `/actors`). Nodes implement [`Routes`] for their domain paths only.
+//! `/actors`), and timestamps in JSON answers. Nodes implement [`Routes`] for their domain paths only.
 
 pub mod calls;
 pub mod connections;
@@ -9,6 +9,7 @@ pub mod listing;
 pub mod ops;
 pub mod problem;
 pub mod request;
+pub mod timestamp;
 
 pub use calls::call_worker;
 pub use connections::ConnectionLimits;
