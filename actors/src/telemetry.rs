@@ -282,9 +282,9 @@ mod tests {
 
     use super::*;
 
-    /// Log lines written to memory.
+    /// Log lines written to memory (also for `log_fields`' tests).
     #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
+    pub(super) struct Lines(pub(super) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Lines {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -1,6 +1,7 @@
 //! HTTP plumbing both nodes share: the intake actor that owns the warp server, the request
-//! type, problem+json, and the operational routes (`/health`, `/health/ready`, `/metrics`,
-//! `/actors`), and timestamps in JSON answers. Nodes implement [`Routes`] for their domain paths only.
+//! type, problem+json, timestamps in JSON answers, and the operational routes (`/health`,
+//! `/health/ready`, `/metrics`, `/actors`). Nodes implement [`Routes`] for their domain
+//! paths only.
 
 pub mod calls;
 pub mod connections;

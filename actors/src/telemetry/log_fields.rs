@@ -63,7 +63,7 @@ impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if Self::is_plain(field.name()) {
             self.record_debug(field, &value);
-        } else {
+        } else if self.result.is_ok() {
             self.delegate(|v| v.record_str(field, value));
         }
     }
@@ -99,34 +99,13 @@ impl Visit for PlainVisitor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex, PoisonError};
+    use std::sync::PoisonError;
 
-    use tracing_subscriber::fmt::MakeWriter;
     use tracing_subscriber::fmt::format::DefaultFields;
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let mut lines = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            lines.extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'w> MakeWriter<'w> for Lines {
-        type Writer = Lines;
-        fn make_writer(&'w self) -> Lines {
-            self.clone()
-        }
-    }
+    use crate::telemetry::tests::Lines;
 
     /// What a request span and an event in it give, with the given field formatter.
     fn lines<N>(fields: N) -> String
