@@ -26,7 +26,7 @@ use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{FilterFn, LevelFilter, Targets};
+use tracing_subscriber::filter::{FilterExt, FilterFn, LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -69,10 +69,17 @@ fn exported() -> Targets {
 /// 7% higher than with spans off; 3–4% since (at 1,500 orders/s).
 pub const TRACE_ONLY: &str = "trace_only";
 
-/// The log lines, text or JSON, to `writer`. Besides what `RUST_LOG` lets through, it sees
-/// every event and the spans that give an event its context (the request, the delivery,
-/// supervision), not [`TRACE_ONLY`] ones.
-fn log_layer<S, W>(json: bool, ansi: bool, writer: W) -> impl Layer<S> + Send + Sync
+/// The log lines, text or JSON, to `writer`. Of what `filter` (`RUST_LOG`) lets through, it
+/// sees every event and the spans that give an event its context (the request, the
+/// delivery, supervision), not [`TRACE_ONLY`] ones. One filter decides both: nested
+/// per-layer filters would only hide those spans from the layer, and the registry would
+/// still build them.
+fn log_layer<S, W>(
+    json: bool,
+    ansi: bool,
+    writer: W,
+    filter: EnvFilter,
+) -> impl Layer<S> + Send + Sync
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -88,9 +95,12 @@ where
             text.fmt_fields(log_fields::PlainFields).boxed()
         }
     };
-    lines.with_filter(FilterFn::new(|meta| {
-        !(meta.is_span() && meta.target() == TRACE_ONLY)
-    }))
+    // The hint keeps `RUST_LOG`'s own as the combined filter's: without one, the combination
+    // has none, the process's maximum level becomes TRACE, and crates that check the level
+    // before formatting (lapin's promises) format trace text on every publish for nothing.
+    let logged = FilterFn::new(|meta| !(meta.is_span() && meta.target() == TRACE_ONLY))
+        .with_max_level_hint(LevelFilter::TRACE);
+    lines.with_filter(filter.and(logged))
 }
 
 /// The span exporter. Its headers and compression it reads from the process environment
@@ -163,19 +173,25 @@ pub fn init(config: &CommonConfig) -> Result<Telemetry, String> {
         None => false,
     };
     let provider = builder.build();
-    let otel = exporting.then(|| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(config.service_name.clone()))
-            .with_filter(exported())
-    });
     // Colours only for a person at a terminal: escape codes in a log file or a collector
     // are noise.
     let ansi = std::io::stdout().is_terminal();
     // Already installed (several nodes in one test process): the first one stays.
-    let _ = tracing_subscriber::registry()
-        .with(otel)
-        .with(log_layer(config.log_json, ansi, std::io::stdout).with_filter(filter))
-        .try_init();
+    // Without an exporter there is no OpenTelemetry layer at all: an absent (`None`) layer
+    // still counts as one that wants every span, so trace-only spans would be built.
+    let _ = if exporting {
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(config.service_name.clone()))
+            .with_filter(exported());
+        tracing_subscriber::registry()
+            .with(otel)
+            .with(log_layer(config.log_json, ansi, std::io::stdout, filter))
+            .try_init()
+    } else {
+        tracing_subscriber::registry()
+            .with(log_layer(config.log_json, ansi, std::io::stdout, filter))
+            .try_init()
+    };
     Ok(Telemetry { provider })
 }
 
@@ -306,8 +322,12 @@ mod tests {
 
     fn logged(json: bool, log: impl FnOnce()) -> String {
         let lines = Lines::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(log_layer(json, false, lines.clone()).with_filter(EnvFilter::new("info")));
+        let subscriber = tracing_subscriber::registry().with(log_layer(
+            json,
+            false,
+            lines.clone(),
+            EnvFilter::new("info"),
+        ));
         tracing::subscriber::with_default(subscriber, log);
         let bytes = lines.0.lock().unwrap_or_else(PoisonError::into_inner);
         String::from_utf8_lossy(&bytes).into_owned()
@@ -338,6 +358,17 @@ mod tests {
                 "no colour codes when not at a terminal: {out}"
             );
         }
+    }
+
+    #[test]
+    fn the_log_layer_keeps_the_filters_level_as_the_process_maximum() {
+        let layer = log_layer::<tracing_subscriber::Registry, _>(
+            false,
+            false,
+            std::io::sink,
+            EnvFilter::new("info"),
+        );
+        assert_eq!(layer.max_level_hint(), Some(LevelFilter::INFO));
     }
 
     #[test]
