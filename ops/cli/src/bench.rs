@@ -1,5 +1,5 @@
 //! `ops bench`: the pipeline benchmark. It lives in `ops/bench/pipeline` (Python: it drives
-//! pgbench, wrk and hey and reads /proc), and this runs it from the repository root.
+//! pgbench, wrk and h2load and reads /proc), and this runs it from the repository root.
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
