@@ -1,15 +1,33 @@
 """What the benchmark scripts beside this file share: the repository's root, the order they
 post, the local servers' command-line helpers, and a node process's start and stop."""
 
+import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BODY = ('{"customer_id":"5b3f8f3e-8a4e-4a49-9b63-0c8f7f4d2a11","currency":"BRL",'
         '"items":[{"sku":"BOOK-42","quantity":2,"unit_price_cents":1500}]}')
+
+
+@contextlib.contextmanager
+def order_body_file():
+    """The path of a file holding BODY, for h2load, which reads a request body from a file."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
+        f.write(BODY)
+        f.flush()
+        yield f.name
+
+
+def h2load_posting_orders(url, body_file, *load):
+    """The h2load command that POSTs BODY (from `body_file`) to `url` over HTTP/1.1 from one
+    thread; `load` says how many and how fast (`-n`, `-c`, `--rps`, `-D`)."""
+    return ["h2load", "--h1", "-t", "1", *load, "-d", body_file,
+            "-H", "content-type: application/json", url]
 
 
 def run(cmd, **kw):
