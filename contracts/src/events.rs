@@ -23,6 +23,7 @@ pub struct OrderCreated {
     pub currency: String,
     pub items: Vec<LineItem>,
     pub total_cents: i64,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -31,6 +32,7 @@ pub struct OrderCreated {
 pub struct OrderCanceled {
     pub event_id: Uuid,
     pub order_id: Uuid,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub canceled_at: DateTime<Utc>,
     pub reason: Option<String>,
 }
@@ -44,7 +46,9 @@ pub struct InvoiceIssued {
     pub number: String,
     pub currency: String,
     pub amount_cents: i64,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub issued_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub due_at: DateTime<Utc>,
 }
 
@@ -54,6 +58,7 @@ pub struct InvoicePaid {
     pub event_id: Uuid,
     pub invoice_id: Uuid,
     pub order_id: Uuid,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub paid_at: DateTime<Utc>,
 }
 
@@ -63,6 +68,7 @@ pub struct InvoiceVoided {
     pub event_id: Uuid,
     pub invoice_id: Uuid,
     pub order_id: Uuid,
+    #[serde(serialize_with = "crate::timestamp::serialize")]
     pub voided_at: DateTime<Utc>,
 }
 

@@ -4,6 +4,7 @@
 //! - [`topology`]: exchange, queue, routing-key and header names; nodes never spell them.
 //! - [`codec`]: the MessagePack wire format (named maps, UUIDs and timestamps as strings).
 //! - [`rules`]: what a valid order and invoice are, for the HTTP API and every consumer alike.
+//! - [`timestamp`]: how events and the nodes' JSON answers write a timestamp.
 //!
 //! `messaging.md` in the design folder is the human-readable form of this crate; the golden
 //! vectors in `codec`'s tests pin the exact bytes so a wire change cannot slip through CI.
@@ -11,6 +12,7 @@
 pub mod codec;
 pub mod events;
 pub mod rules;
+pub mod timestamp;
 pub mod topology;
 
 pub use codec::{DecodeError, MAX_MESSAGE_BYTES, decode, encode};

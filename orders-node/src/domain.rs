@@ -88,9 +88,9 @@ pub struct Order {
     pub total_cents: i64,
     pub status: OrderStatus,
     pub invoice_id: Option<Uuid>,
-    #[serde(serialize_with = "actors::http::timestamp::serialize")]
+    #[serde(serialize_with = "contracts::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "actors::http::timestamp::serialize")]
+    #[serde(serialize_with = "contracts::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

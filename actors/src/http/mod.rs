@@ -1,7 +1,6 @@
 //! HTTP plumbing both nodes share: the intake actor that owns the warp server, the request
-//! type, problem+json, timestamps in JSON answers, and the operational routes (`/health`,
-//! `/health/ready`, `/metrics`, `/actors`). Nodes implement [`Routes`] for their domain
-//! paths only.
+//! type, problem+json, and the operational routes (`/health`, `/health/ready`, `/metrics`,
+//! `/actors`). Nodes implement [`Routes`] for their domain paths only.
 
 pub mod calls;
 pub mod connections;
@@ -10,7 +9,6 @@ pub mod listing;
 pub mod ops;
 pub mod problem;
 pub mod request;
-pub mod timestamp;
 
 pub use calls::call_worker;
 pub use connections::ConnectionLimits;
