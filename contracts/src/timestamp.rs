@@ -42,19 +42,13 @@ mod tests {
     }
 
     #[test]
-    fn writes_in_json_what_chrono_writes() {
+    fn writes_in_json_and_messagepack_what_chrono_writes() {
         for at in instants() {
             assert_eq!(
                 serde_json::to_string(&Ours(at)).expect("json"),
                 serde_json::to_string(&at).expect("json"),
                 "{at:?}"
             );
-        }
-    }
-
-    #[test]
-    fn writes_in_messagepack_what_chrono_writes() {
-        for at in instants() {
             assert_eq!(
                 rmp_serde::to_vec(&Ours(at)).expect("msgpack"),
                 rmp_serde::to_vec(&at).expect("msgpack"),
