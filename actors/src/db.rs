@@ -282,7 +282,11 @@ impl Connections {
             }
             // Dropped: back to the pool, which checks it.
         }
-        let conn = self.pool.acquire().await?;
+        // Boxed: sqlx's acquire future is ~14 KB, and inline it would make every future that
+        // can take a connection that large, copied whole each time one is created or moved
+        // (each store batch, relay pass and actor message), though a kept connection
+        // usually serves and the pool is rarely asked.
+        let conn = Box::pin(self.pool.acquire()).await?;
         Ok(self.held(conn))
     }
 
@@ -426,6 +430,28 @@ mod tests {
         assert_eq!(
             settings.expect("the database is created, migrated and read"),
             ["force_generic_plan", "off", "off", "off", "off"]
+        );
+    }
+
+    #[tokio::test]
+    async fn taking_a_connection_is_a_small_future() {
+        // Every store batch's and relay pass's future holds this one: with sqlx's acquire
+        // inline it was ~14 KB (release), copied whole each time such a future is created or
+        // moved.
+        let connections = Connections::new(
+            PgPoolOptions::new()
+                .connect_lazy(&admin_url())
+                .expect("a lazy pool"),
+        );
+        let take = connections.take();
+        let size = std::mem::size_of_val(&take);
+        drop(take);
+        let acquire = connections.pool().acquire();
+        let acquire_size = std::mem::size_of_val(&acquire);
+        drop(acquire);
+        assert!(
+            size * 8 < acquire_size,
+            "take is {size} bytes, the pool's acquire {acquire_size}"
         );
     }
 

@@ -136,8 +136,10 @@ impl Batches for InvoicesStore {
             self.apply_order_events(&batch).await
         })
         .await;
+        // Boxed: a single job runs on the pool, whose acquire future is ~14 KB; inline, it
+        // would make every batch's future that large, copied whole for each batch.
         for job in others {
-            self.serve(job).await;
+            Box::pin(self.serve(job)).await;
         }
     }
 }

@@ -428,7 +428,15 @@ async fn admit(
                     "dead-lettering a message that cannot be decoded"
                 )
             });
-            dead_letter(args, channel, acks, &delivery, "undecodable", &reason).await;
+            Box::pin(dead_letter(
+                args,
+                channel,
+                acks,
+                &delivery,
+                "undecodable",
+                &reason,
+            ))
+            .await;
             return None;
         }
     };
@@ -523,8 +531,10 @@ async fn handle_batch(args: &ConsumerArgs, mut items: Vec<Item>, stop: &watch::R
                     size = back.len(),
                     "a batch failed; handling its events one by one"
                 );
+                // Boxed, as the rare path it is: inline, it would make every batch's
+                // future larger by its size.
                 for item in back {
-                    handle_alone(args, vec![item], stop).await;
+                    Box::pin(handle_alone(args, vec![item], stop)).await;
                 }
                 return;
             }
@@ -553,14 +563,14 @@ async fn handle_alone(args: &ConsumerArgs, mut items: Vec<Item>, stop: &watch::R
                 if failures >= args.max_attempts {
                     let why = format!("failed {failures} times: {reason}");
                     for item in &back {
-                        dead_letter(
+                        Box::pin(dead_letter(
                             args,
                             &item.channel,
                             &item.acks,
                             &item.delivery,
                             item.event.routing_key(),
                             &why,
-                        )
+                        ))
                         .await;
                     }
                     return;
@@ -586,14 +596,14 @@ async fn settle(args: &ConsumerArgs, item: Item, outcome: Outcome) {
             item.delivered.span.in_scope(|| {
                 tracing::warn!(queue, event_type, reason, "dead-lettering an invalid event")
             });
-            dead_letter(
+            Box::pin(dead_letter(
                 args,
                 &item.channel,
                 &item.acks,
                 &item.delivery,
                 event_type,
                 &reason,
-            )
+            ))
             .await;
             return;
         }
@@ -675,6 +685,8 @@ const MAX_DEAD_LETTER_HEADER: usize = 1024;
 /// queue's dead-letter exchange with confirms, then the original is acknowledged (a crash in
 /// between leaves a duplicate in the DLQ, never a loss). If the copy cannot be published,
 /// the original is rejected without requeue and the broker dead-letters it (without reason).
+/// Callers box this future: it holds a publish's state, which every delivery's future would
+/// otherwise carry and copy, though few are ever dead-lettered.
 async fn dead_letter(
     args: &ConsumerArgs,
     channel: &lapin::Channel,
