@@ -428,15 +428,7 @@ async fn admit(
                     "dead-lettering a message that cannot be decoded"
                 )
             });
-            Box::pin(dead_letter(
-                args,
-                channel,
-                acks,
-                &delivery,
-                "undecodable",
-                &reason,
-            ))
-            .await;
+            dead_letter(args, channel, acks, &delivery, "undecodable", &reason).await;
             return None;
         }
     };
@@ -563,14 +555,14 @@ async fn handle_alone(args: &ConsumerArgs, mut items: Vec<Item>, stop: &watch::R
                 if failures >= args.max_attempts {
                     let why = format!("failed {failures} times: {reason}");
                     for item in &back {
-                        Box::pin(dead_letter(
+                        dead_letter(
                             args,
                             &item.channel,
                             &item.acks,
                             &item.delivery,
                             item.event.routing_key(),
                             &why,
-                        ))
+                        )
                         .await;
                     }
                     return;
@@ -596,14 +588,14 @@ async fn settle(args: &ConsumerArgs, item: Item, outcome: Outcome) {
             item.delivered.span.in_scope(|| {
                 tracing::warn!(queue, event_type, reason, "dead-lettering an invalid event")
             });
-            Box::pin(dead_letter(
+            dead_letter(
                 args,
                 &item.channel,
                 &item.acks,
                 &item.delivery,
                 event_type,
                 &reason,
-            ))
+            )
             .await;
             return;
         }
@@ -685,9 +677,21 @@ const MAX_DEAD_LETTER_HEADER: usize = 1024;
 /// queue's dead-letter exchange with confirms, then the original is acknowledged (a crash in
 /// between leaves a duplicate in the DLQ, never a loss). If the copy cannot be published,
 /// the original is rejected without requeue and the broker dead-letters it (without reason).
-/// Callers box this future: it holds a publish's state, which every delivery's future would
+///
+/// Boxed: it holds a publish's state, which every delivery's and batch's future would
 /// otherwise carry and copy, though few are ever dead-lettered.
-async fn dead_letter(
+fn dead_letter(
+    args: &ConsumerArgs,
+    channel: &lapin::Channel,
+    acks: &Acks,
+    delivery: &Delivery,
+    event_type: &str,
+    reason: &str,
+) -> impl Future<Output = ()> {
+    Box::pin(set_aside(args, channel, acks, delivery, event_type, reason))
+}
+
+async fn set_aside(
     args: &ConsumerArgs,
     channel: &lapin::Channel,
     acks: &Acks,
