@@ -288,7 +288,7 @@ async fn run_stream(
     (channel, mut consumer): (lapin::Channel, lapin::Consumer),
     mut stop: watch::Receiver<bool>,
 ) -> (String, bool) {
-    let (acks, acks_task) = Acks::start(args.input.queue);
+    let (acks, acks_task) = Acks::start(args.input.queue, args.prefetch);
     let mut lanes = JoinSet::new();
     let dispatch = Dispatch::new();
     for _ in 0..args.lanes.max(1) {
