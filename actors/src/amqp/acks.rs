@@ -295,6 +295,14 @@ mod tests {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone()
         }
+
+        /// Each frame's tag and whether it was a multiple-ack.
+        fn tags(frames: &[(u64, bool, tokio::time::Instant)]) -> Vec<(u64, bool)> {
+            frames
+                .iter()
+                .map(|(tag, multiple, _)| (*tag, *multiple))
+                .collect()
+        }
     }
 
     /// A window task over tags (the tag stands for its acker), and its record of frames.
@@ -329,10 +337,7 @@ mod tests {
         tokio::time::sleep(GATHER_FOR).await;
         let frames = recorded.frames();
         assert_eq!(
-            frames
-                .iter()
-                .map(|(tag, multiple, _)| (*tag, *multiple))
-                .collect::<Vec<_>>(),
+            Recorded::tags(&frames),
             vec![(3, true)],
             "one multiple-ack by the last tag settles all three"
         );
@@ -358,10 +363,7 @@ mod tests {
         tokio::time::sleep(GATHER_FOR / 10).await;
         let frames = recorded.frames();
         assert_eq!(
-            frames
-                .iter()
-                .map(|(tag, multiple, _)| (*tag, *multiple))
-                .collect::<Vec<_>>(),
+            Recorded::tags(&frames),
             vec![(2, true)],
             "two done of a prefetch of four: acknowledged without gathering"
         );
